@@ -1,0 +1,103 @@
+"""Ray Data over the Parquet shards: per-epoch shuffles, splits across Ray Train workers, decoded batches.
+
+How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing here re-implements them):
+
+* **Shard order**: ``read_parquet(..., shuffle=FileShuffleConfig(seed, reseed_after_execution=True))`` draws a new
+  shard order on every execution of the dataset, i.e. every epoch, seeded by (seed, execution index). The execution
+  index starts at the run's first epoch (``start_epoch``), so a resumed run shuffles epoch e as an uninterrupted run
+  would.
+* **Split**: Ray Train's ``DataConfig`` hands each worker a ``streaming_split`` of the training set with
+  ``equal=True``: every worker gets the same number of rows, so DDP workers take the same number of steps. Rows
+  that would make the split uneven (fewer than the number of workers) are *dropped* for that epoch; they differ from
+  epoch to epoch because the order does. No image is ever duplicated or padded.
+  Validation uses ``equal=False``: nothing dropped, nothing padded, every image counted exactly once.
+* **Local shuffle**: each worker's rows pass through a shuffle buffer seeded by (seed, epoch, rank).
+* **Decode**: a collate function draws each image's augmentation from (seed, epoch, key) — the same draws whatever
+  worker or order — and decodes in Ray Data's prefetch threads, so decoding overlaps the training step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import ray
+from ray.data import DataIterator, Dataset, FileShuffleConfig
+from ray.train import DataConfig
+
+COLUMNS = ["key", "label", "height", "width", "image"]
+TRAIN, VAL = "train", "val"
+
+
+def derived_seed(*parts: object) -> int:
+    """A 32-bit seed from any parts (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest(), "little")
+
+
+def read_shards(
+    paths: Sequence[str],
+    *,
+    filesystem: Any = None,
+    shuffle_seed: int | None = None,
+    start_epoch: int = 0,
+    columns: Sequence[str] = COLUMNS,
+) -> Dataset:
+    """A dataset over Parquet shards; with ``shuffle_seed`` the shard order is redrawn each epoch."""
+    if not paths:
+        raise ValueError("no shards to read: the manifest lists none for this split")
+    shuffle = None
+    if shuffle_seed is not None:
+        shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
+    ds = ray.data.read_parquet(list(paths), filesystem=filesystem, shuffle=shuffle).select_columns(list(columns))
+    # Epoch e of a resumed run must draw the order epoch e of an uninterrupted run drew: Ray Data seeds the file
+    # shuffle with (seed, execution index) and counts executions from 0 per dataset, so start the count at e.
+    # (tests/pipeline/test_dataset.py checks that this still holds on the installed Ray.)
+    ds.context._execution_idx = start_epoch
+    return ds
+
+
+class SplitDataConfig(DataConfig):
+    """Ray Train's DataConfig with ``equal=True`` splits for training and ``equal=False`` for evaluation splits."""
+
+    def __init__(self, train_name: str = TRAIN, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._train_name = train_name
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # type: ignore[override]
+        """Split the training set equally (DDP needs equal steps) and the others exactly, without drop or pad."""
+        equal = {name: name == self._train_name for name in datasets}
+        output: list[dict[str, DataIterator]] = [{} for _ in range(world_size)]
+        hints = worker_node_ids if self._enable_shard_locality else None
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for i, split in enumerate(ds.streaming_split(world_size, equal=equal[name], locality_hints=hints)):
+                output[i][name] = split
+        return output
+
+
+def iter_epoch(
+    shard: DataIterator,
+    *,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    rank: int,
+    collate_fn: Callable[[dict[str, np.ndarray]], Any] | None = None,
+    shuffle_buffer: int | None = None,
+    prefetch_batches: int = 2,
+    drop_last: bool = False,
+) -> Iterator[Any]:
+    """One epoch of this worker's batches: locally shuffled (seeded by seed, epoch, rank), collated in prefetch threads."""
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, prefetch_batches=prefetch_batches, drop_last=drop_last)
+    if shuffle_buffer:
+        kwargs.update(local_shuffle_buffer_size=max(shuffle_buffer, batch_size),
+                      local_shuffle_seed=derived_seed(seed, epoch, rank))
+    if collate_fn is None:
+        yield from shard.iter_batches(batch_format="numpy", **kwargs)
+    else:
+        yield from shard.iter_torch_batches(collate_fn=collate_fn, **kwargs)
