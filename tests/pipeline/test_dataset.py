@@ -6,23 +6,12 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from pipeline.dataset import SplitDataConfig, iter_epoch, read_shards
 
 pytestmark = pytest.mark.ray
 
 N_ROWS, N_SHARDS = 47, 5  # 47 divides by neither 2 nor 3: the remainder is exercised
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +58,7 @@ def consume(splits, name, epochs, batch_size=4, seed=0):
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_each_image_once_per_epoch_across_workers(ray_cluster, shards, workers):
+def test_each_image_once_per_epoch_across_workers(ray_local, shards, workers):
     all_keys = {f"train/c{i:03d}" for i in range(N_ROWS)}
     datasets = {"train": read_shards(shards, shuffle_seed=0), "val": read_shards(shards)}
     splits = SplitDataConfig().configure(datasets, world_size=workers, worker_handles=None, worker_node_ids=None)
@@ -104,7 +93,7 @@ def shard_order(ds, executions):
     return orders
 
 
-def test_shard_order_is_seeded_by_seed_and_epoch(ray_cluster, shards):
+def test_shard_order_is_seeded_by_seed_and_epoch(ray_local, shards):
     uninterrupted = shard_order(read_shards(shards, shuffle_seed=7), 4)
     assert len(set(uninterrupted)) > 1, "the shard order never changed across epochs"
     # A run resumed at epoch 2 reads epochs 2 and 3 in the same shard order as the uninterrupted run.
