@@ -1,0 +1,774 @@
+"""One typed config per training job: nested dataclasses, the paper's defaults, flags and MLflow params made from them.
+
+Every field carries its help text in ``dataclasses.field(metadata={"help": ...})`` (via ``option``): metadata
+survives in any install (wheels, zipapps, bytecode-only images), where attribute docstrings parsed from the source
+would not. ``build_parser`` walks the fields to make the flags (one per field, named after it), so a new field is
+a new flag, a new MLflow param and a new checkpoint entry with nothing else to edit.
+
+Precedence, lowest first: the defaults (the paper's, Sec. 3.1) < a recipe (``--config``, YAML or Python) < the
+smoke preset (``--smoke``) < flags given on the command line. Quantities that follow from others (per-worker batch,
+gradient accumulation, effective LR, warm-up, validation Q) are properties, never fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import math
+import sys
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from vgg.augment import PCA_STD
+from vgg.model import ARCHS, INITS, STRIDE
+from vgg.protocol import (
+    BATCH_SIZE,
+    DROPOUT,
+    EPOCHS,
+    LR,
+    LR_DECAYS,
+    LR_FACTOR,
+    MOMENTUM,
+    SCALE_JITTER,
+    TrainScale,
+    WEIGHT_DECAY,
+    single_scale_q,
+)
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+PAPER_SCALE = 256  # every configuration was first trained at S=256 (Sec. 3.1)
+PAPER_SCALES = (TrainScale(256, 256), TrainScale(384, 384), TrainScale(*SCALE_JITTER))
+FINE_TUNE_LR = 1e-3  # Sec. 3.1: the S=384 net starts from the S=256 weights at LR 1e-3
+PAPER_INIT_STD = 0.01  # the paper's "variance 10^-2" read as std 0.01, as vgg.build does (see vgg.init_paper)
+REFERENCE_BATCH = BATCH_SIZE  # linear LR scaling is relative to the paper's batch (Goyal et al. 2017)
+SCALED_WARMUP_EPOCHS = 5.0  # Goyal et al. 2017: 5 epochs of linear warm-up when the LR is scaled up
+
+INIT_LAYERS = ("auto", "transfer", "all")
+DECODERS = ("auto", "dali", "cpu")
+GPU_MODES = ("auto", "true", "false")
+
+# MLflow servers before 2.x stored at most 500 characters per param value (newer ones 6000); the smaller limit
+# keeps params loggable to any server.
+MAX_PARAM_VALUE = 500
+
+# Fields that say the same thing two ways: a layer (recipe, preset, flags) that sets one clears the other.
+EXCLUSIVE = {"scale": "scale_jitter", "scale_jitter": "scale"}
+
+# The --smoke preset: arch, init source and schedule as given, everything that costs compute shrunk so that a run
+# takes about a minute on a CPU. Glorot because N(0, 0.01^2) loses the signal through a thin net (vgg.init_paper).
+SMOKE = {
+    "width": 0.125,
+    "fc_width": 128,
+    "crop": 32,
+    "init": "glorot",
+    "val_q": None,
+    "shuffle_buffer": 256,
+    "max_train_images": 512,
+    "max_val_images": 128,
+    "epochs": 2,
+    "batch_size": 32,
+    "micro_batch": None,
+}
+
+
+def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
+           metavar: str | tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text (and accepted values) attached, for flags, docs and validation."""
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a field holds, read from its annotation: base type, whether None is allowed, tuple length."""
+
+    base: type
+    optional: bool
+    nargs: int | None
+
+
+def _kind(hint: Any) -> _Kind:
+    optional = False
+    if get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        optional = len(args) < len(get_args(hint))
+        (hint,) = args
+    if get_origin(hint) is tuple:
+        args = get_args(hint)
+        return _Kind(args[0], optional, len(args))
+    return _Kind(hint, optional, None)
+
+
+_WHAT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _expected(f: Field, kind: _Kind) -> str:
+    if f.metadata.get("choices"):
+        what = "one of " + ", ".join(map(str, f.metadata["choices"]))
+    elif kind.nargs:
+        what = f"{kind.nargs} integers" if kind.base is int else f"{kind.nargs} values"
+    else:
+        what = _WHAT[kind.base]
+    return what + (" or none" if kind.optional else "")
+
+
+def _reject(name: str, value: Any, expected: str) -> ValueError:
+    """The one-line error of every bad value: the field, the value, what is accepted."""
+    shown = "none" if value is None else repr(tuple(value) if isinstance(value, list) else value)
+    return ValueError(f"bad {name} {shown}: expected {expected}")
+
+
+def _scalar_ok(base: type, value: Any) -> bool:
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base)
+
+
+def _normalise(f: Field, kind: _Kind, value: Any) -> Any:
+    """Type-check one value; ints become floats for float fields and lists become tuples."""
+    if value is None:
+        if kind.optional:
+            return None
+        raise _reject(f.name, value, _expected(f, kind))
+    if kind.nargs:
+        if not isinstance(value, (list, tuple)) or len(value) != kind.nargs or not all(
+            _scalar_ok(kind.base, v) for v in value
+        ):
+            raise _reject(f.name, value, _expected(f, kind))
+        return tuple(kind.base(v) for v in value)
+    if not _scalar_ok(kind.base, value):
+        raise _reject(f.name, value, _expected(f, kind))
+    if f.metadata.get("choices") and value not in f.metadata["choices"]:
+        raise _reject(f.name, value, _expected(f, kind))
+    return float(value) if kind.base is float else value
+
+
+class _Section:
+    """A config section: type-checks its fields, then runs its own range checks (``_validate``)."""
+
+    def __post_init__(self) -> None:
+        hints = get_type_hints(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            object.__setattr__(self, f.name, _normalise(f, _kind(hints[f.name]), getattr(self, f.name)))
+        self._validate()
+
+    def _validate(self) -> None:
+        pass
+
+
+def _check(ok: bool, name: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise _reject(name, value, expected)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The network (Table 1) and its initialisation (Sec. 3.1)."""
+
+    arch: str = option("E", "configuration of Table 1", choices=ARCHS)
+    width: float = option(1.0, "multiplier on every conv's channel count (1 = the paper's 64..512)")
+    fc_width: int = option(4096, "width of FC6 and FC7")
+    crop: int = option(224, f"training crop side in pixels; a multiple of {STRIDE} (five 2x2/2 max-pools)")
+    dropout: float = option(DROPOUT, "dropout probability on FC6 and FC7")
+    init: str = option(
+        "paper", "random init: paper = N(0, init_std^2) weights and zero biases; glorot = Glorot & Bengio (the "
+        "paper's later alternative, needed for thin nets); none = torch's default", choices=INITS)
+    init_std: float = option(PAPER_INIT_STD, "std of the paper init (the paper's 'variance 1e-2' read as std 0.01)")
+    init_from: str | None = option(
+        None, "start from trained weights: a checkpoint URI, runs:/<MLflow run id> or an MLflow run id", metavar="SRC")
+    init_layers: str = option(
+        "auto", "what init_from copies: transfer = net A's first four convs and FC layers into a deeper net (Sec. "
+        "3.1); all = every weight (S=384 from S=256, jittered S from S=384); auto = all when the source has this "
+        "arch, else transfer", choices=INIT_LAYERS)
+
+    def _validate(self) -> None:
+        _check(self.width > 0, "width", self.width, "a positive number")
+        _check(self.fc_width >= 1, "fc_width", self.fc_width, "a positive integer")
+        _check(self.crop >= STRIDE and self.crop % STRIDE == 0, "crop", self.crop,
+               f"a positive multiple of {STRIDE} (five 2x2/2 max-pools), e.g. 224, 96, 64 or 32")
+        _check(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "a probability in [0, 1)")
+        _check(self.init_std > 0, "init_std", self.init_std, "a positive number")
+        _check(self.init_from is None or self.init_from.strip() != "", "init_from", self.init_from,
+               "a checkpoint URI, runs:/<run id> or a run id")
+
+    def init_layers_for(self, source_arch: str) -> str:
+        """``transfer`` or ``all``: what to copy from an ``init_from`` net of configuration ``source_arch``."""
+        if self.init_layers != "auto":
+            return self.init_layers
+        return "all" if source_arch == self.arch else "transfer"
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """The data and its augmentation: training scale S (Sec. 3.1) and validation scale Q (Sec. 4.1)."""
+
+    data: str | None = option(None, "manifest URI of the sharded dataset (local path or s3://); required unless "
+                                    "smoke", metavar="URI")
+    num_classes: int | None = option(None, "number of classes; none = from the manifest")
+    scale: int | None = option(
+        None, f"fixed training scale S, the shorter side before cropping; none = {PAPER_SCALE} unless scale_jitter is "
+        "set", metavar="S")
+    scale_jitter: tuple[int, int] | None = option(
+        None, f"draw S per image from [SMIN, SMAX] (the paper's multi-scale training uses {SCALE_JITTER[0]} "
+        f"{SCALE_JITTER[1]}); excludes scale", metavar=("SMIN", "SMAX"))
+    flip: bool = option(True, "random horizontal flips in training")
+    colour_shift: float = option(PCA_STD, "std of AlexNet's PCA colour-shift alphas; 0 disables it")
+    val_q: int | None = option(
+        None, "validation scale Q (shorter side, dense evaluation); none = Sec. 4.1's Q: S, or (SMIN+SMAX)/2 "
+        "when jittered", metavar="Q")
+    val_flip: bool = option(False, "also average over horizontal flips in validation")
+    shuffle_buffer: int = option(2048, "rows in each worker's local shuffle buffer, on top of the per-epoch shard "
+                                       "shuffle; 0 disables it")
+    decoder: str = option("auto", "JPEG decode and augment: dali on GPU workers, cpu otherwise (auto)",
+                          choices=DECODERS)
+    max_train_images: int | None = option(None, "train on at most this many images per epoch; none = all")
+    max_val_images: int | None = option(None, "validate on at most this many images; none = all")
+
+    def _validate(self) -> None:
+        _check(self.data is None or self.data.strip() != "", "data", self.data, "a manifest URI")
+        _check(self.num_classes is None or self.num_classes >= 2, "num_classes", self.num_classes, "at least 2")
+        if self.scale is not None and self.scale_jitter is not None:
+            raise ValueError(f"bad scale {self.scale} with scale_jitter {self.scale_jitter}: they exclude each "
+                             "other, set one")
+        _check(self.scale is None or self.scale > 0, "scale", self.scale, "a positive integer")
+        if self.scale_jitter is not None:
+            smin, smax = self.scale_jitter
+            _check(0 < smin < smax, "scale_jitter", self.scale_jitter,
+                   "0 < SMIN < SMAX (use scale for a fixed S)")
+        _check(self.colour_shift >= 0, "colour_shift", self.colour_shift, "a std >= 0")
+        _check(self.val_q is None or self.val_q > 0, "val_q", self.val_q, "a positive integer")
+        _check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, "an integer >= 0")
+        for name in ("max_train_images", "max_val_images"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, name, value, "a positive integer or none")
+
+    @property
+    def train_scale(self) -> TrainScale:
+        """The training scale: fixed S or [Smin, Smax]."""
+        if self.scale_jitter is not None:
+            return TrainScale(*self.scale_jitter)
+        s = PAPER_SCALE if self.scale is None else self.scale
+        return TrainScale(s, s)
+
+    @property
+    def q(self) -> int:
+        """The validation scale Q: ``val_q`` if set, else Sec. 4.1's Q for the training scale."""
+        return single_scale_q(self.train_scale) if self.val_q is None else self.val_q
+
+
+@dataclass(frozen=True)
+class OptimConfig(_Section):
+    """Mini-batch SGD with momentum (Sec. 3.1); the batch is global, split across workers."""
+
+    batch_size: int = option(BATCH_SIZE, "global batch size (all workers together)")
+    micro_batch: int | None = option(
+        None, "images per forward/backward on a worker; gradients are accumulated up to the per-worker batch; "
+        "none = the per-worker batch")
+    lr: float = option(LR, "initial learning rate (for the reference batch of 256 when scale_lr)")
+    momentum: float = option(MOMENTUM, "SGD momentum")
+    weight_decay: float = option(WEIGHT_DECAY, "L2 penalty multiplier")
+    scale_lr: bool = option(False, f"scale lr linearly with batch_size / {REFERENCE_BATCH} (Goyal et al. 2017); "
+                                   "off keeps the paper's LR whatever the batch")
+    warmup_epochs: float | None = option(
+        None, f"epochs of linear LR warm-up; none = {SCALED_WARMUP_EPOCHS:g} when the LR is scaled up, else 0")
+
+    def _validate(self) -> None:
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "a positive integer")
+        _check(self.micro_batch is None or self.micro_batch >= 1, "micro_batch", self.micro_batch,
+               "a positive integer or none")
+        _check(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a positive number")
+        _check(0.0 <= self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.warmup_epochs is None or self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs,
+               "a number >= 0 or none")
+
+    @property
+    def lr_scaled(self) -> bool:
+        """True when the LR is scaled up for a batch above the paper's 256."""
+        return self.scale_lr and self.batch_size > REFERENCE_BATCH
+
+    @property
+    def effective_lr(self) -> float:
+        """The initial LR the optimiser uses: ``lr``, times batch / 256 when ``scale_lr`` and the batch is larger."""
+        return self.lr * self.batch_size / REFERENCE_BATCH if self.lr_scaled else self.lr
+
+    @property
+    def warmup(self) -> float:
+        """Warm-up length in epochs: ``warmup_epochs`` if set, else 5 for a scaled LR and 0 otherwise."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return SCALED_WARMUP_EPOCHS if self.lr_scaled else 0.0
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Warm-up length in optimiser steps."""
+        return int(round(self.warmup * steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig(_Section):
+    """The LR schedule (Sec. 3.1): divide by 10 when validation accuracy stops improving, 3 times, then stop.
+
+    The paper does not say how long "stops improving" is. patience 3: four LR phases share 74 epochs (about 18
+    each), so waiting 3 epochs per plateau costs at most ~12 epochs in all, while 1-2 would decay on a single noisy
+    epoch; torch's default of 10 would spend the whole budget before the third decay.
+    """
+
+    epochs: int = option(EPOCHS, "stop after this many epochs at the latest")
+    lr_factor: float = option(LR_FACTOR, "multiply the LR by this at each decay")
+    max_decays: int = option(LR_DECAYS, "LR decays in total; the next plateau after the last one stops training")
+    patience: int = option(3, "epochs without improvement in validation top-1 before the LR decays (not stated "
+                              "in the paper)")
+    min_delta: float = option(
+        1e-3, "absolute gain in validation top-1 accuracy (a fraction) that counts as improvement; 1e-3 = 0.1 "
+        "points, 50 of ILSVRC-2012's 50,000 validation images")
+
+    def _validate(self) -> None:
+        _check(self.epochs >= 1, "epochs", self.epochs, "a positive integer")
+        _check(0.0 < self.lr_factor < 1.0, "lr_factor", self.lr_factor, "a number in (0, 1)")
+        _check(self.max_decays >= 0, "max_decays", self.max_decays, "an integer >= 0")
+        _check(self.patience >= 1, "patience", self.patience, "a positive integer")
+        _check(0.0 <= self.min_delta < 1.0, "min_delta", self.min_delta, "an accuracy gain in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ClusterConfig(_Section):
+    """Ray Train's scaling and fault tolerance: data-parallel workers, their resources, restarts."""
+
+    workers: int = option(1, "data-parallel training workers (one GPU each when GPUs are used)")
+    gpu: str = option("auto", "use GPUs: auto = when the cluster has them", choices=GPU_MODES)
+    cpus_per_worker: float = option(
+        1.0, "CPUs reserved per training worker; fractional allowed (0.5 leaves room for Ray Data on 2-core hosts)")
+    max_failures: int = option(3, "restarts from the last checkpoint after a worker failure; -1 = unlimited")
+
+    def _validate(self) -> None:
+        _check(self.workers >= 1, "workers", self.workers, "a positive integer")
+        _check(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number")
+        _check(self.max_failures >= -1, "max_failures", self.max_failures, "an integer >= -1")
+
+
+@dataclass(frozen=True)
+class RunConfig(_Section):
+    """Naming, storage, checkpoints, seed and tracking of one run."""
+
+    name: str | None = option(None, "run name (storage folder and MLflow run); none = from arch and scale")
+    storage: str = option("./runs", "where checkpoints go: a local folder or s3://bucket/prefix", metavar="URI")
+    checkpoint_every_steps: int = option(0, "also checkpoint every this many optimiser steps; 0 = at epoch ends only")
+    seed: int = option(0, "seed of initialisation, shuffling and augmentation")
+    tracking_uri: str | None = option(None, "MLflow tracking URI; none = MLflow's own choice (MLFLOW_TRACKING_URI, "
+                                            "else its local store)", metavar="URI")
+    experiment: str = option("verydeep", "MLflow experiment name")
+    smoke: bool = option(False, "tiny preset that trains in about a minute on a CPU (flags given still override it)")
+
+    def _validate(self) -> None:
+        _check(self.name is None or (self.name.strip() != "" and "/" not in self.name), "name", self.name,
+               "a non-empty name without '/'")
+        _check(self.storage.strip() != "", "storage", self.storage, "a folder or s3:// URI")
+        _check(self.checkpoint_every_steps >= 0, "checkpoint_every_steps", self.checkpoint_every_steps,
+               "an integer >= 0")
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _check(self.experiment.strip() != "", "experiment", self.experiment, "a non-empty name")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training job needs; checks across sections, and the quantities derived from them."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            section = getattr(self, f.name)
+            if not isinstance(section, SECTIONS[f.name]):
+                raise ValueError(f"bad {f.name} section {section!r}: expected a {SECTIONS[f.name].__name__}")
+        crop, scale = self.model.crop, self.data.train_scale
+        if scale.smin < crop:
+            name, value = ("scale_jitter", self.data.scale_jitter) if scale.jittered else ("scale", scale.smin)
+            raise _reject(name, value, f"a training scale of at least crop={crop}")
+        _check(self.data.q >= crop, "val_q", self.data.q, f"a validation scale of at least crop={crop}")
+        _check(self.data.data is not None or self.run.smoke, "data", None, "a manifest URI (required unless smoke)")
+        workers, batch = self.cluster.workers, self.optim.batch_size
+        _check(batch % workers == 0, "batch_size", batch, f"a multiple of workers={workers}")
+        micro = self.micro_batch
+        _check(self.per_worker_batch % micro == 0, "micro_batch", micro,
+               f"a divisor of the per-worker batch {self.per_worker_batch} (batch_size {batch} / workers {workers})")
+
+    @property
+    def per_worker_batch(self) -> int:
+        """Images per optimiser step on one worker: the global batch over the world size."""
+        return self.optim.batch_size // self.cluster.workers
+
+    @property
+    def micro_batch(self) -> int:
+        """Images per forward/backward on one worker."""
+        return self.per_worker_batch if self.optim.micro_batch is None else self.optim.micro_batch
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Forward/backward passes per optimiser step (gradient accumulation)."""
+        return self.per_worker_batch // self.micro_batch
+
+    @property
+    def run_name(self) -> str:
+        """The run's name: ``run.name``, else arch and training scale (and ``-smoke``), e.g. ``D-S256-512``."""
+        if self.run.name is not None:
+            return self.run.name
+        s = self.data.train_scale
+        scale = f"{s.smin}-{s.smax}" if s.jittered else f"{s.smin}"
+        return f"{self.model.arch}-S{scale}" + ("-smoke" if self.run.smoke else "")
+
+    @property
+    def paper_lr(self) -> float:
+        """The paper's initial LR for this stage: 1e-3 when fine-tuning all weights (S=384, jittered S), else 1e-2."""
+        m = self.model
+        all_weights = m.init_layers == "all" or (
+            m.init_layers == "auto" and self.data.train_scale != TrainScale(PAPER_SCALE, PAPER_SCALE))
+        return FINE_TUNE_LR if m.init_from is not None and all_weights else LR
+
+    def deviations_from_paper(self) -> list[str]:
+        """What this run does differently from the paper (Sec. 3.1), as short human strings for MLflow."""
+        m, d, o, s = self.model, self.data, self.optim, self.schedule
+        out = []
+        if m.width != 1.0:
+            out.append(f"width {m.width:g}")
+        if m.fc_width != 4096:
+            out.append(f"FC width {m.fc_width} instead of 4096")
+        if m.crop != 224:
+            out.append(f"crop {m.crop} instead of 224")
+        if m.dropout != DROPOUT:
+            out.append(f"dropout {m.dropout:g} instead of {DROPOUT:g}")
+        if m.init == "glorot":
+            out.append("Glorot init")
+        elif m.init == "none":
+            out.append("torch's default init")
+        elif m.init_std != PAPER_INIT_STD:
+            out.append(f"init std {m.init_std:g} instead of {PAPER_INIT_STD:g}")
+        scale = d.train_scale
+        if scale not in PAPER_SCALES:
+            out.append(f"S={scale} (the paper trains at 256, 384 or [256;512])")
+        if scale in PAPER_SCALES[1:] and m.init_from is None:
+            out.append(f"S={scale} from random init (the paper fine-tunes from the net trained at a smaller S)")
+        if m.arch not in ("A", "A-LRN") and scale == TrainScale(PAPER_SCALE, PAPER_SCALE) and m.init_from is None \
+                and m.init == "paper":
+            out.append(f"VGG-{m.arch} from random N(0, std^2) init (the paper starts it from net A's layers)")
+        if d.val_q is not None and d.val_q != single_scale_q(scale):
+            out.append(f"validation at Q={d.val_q} instead of Q={single_scale_q(scale)}")
+        if not d.flip:
+            out.append("no horizontal flips")
+        if d.colour_shift == 0:
+            out.append("no colour shift")
+        elif d.colour_shift != PCA_STD:
+            out.append(f"colour shift std {d.colour_shift:g} instead of {PCA_STD:g}")
+        if d.max_train_images is not None:
+            out.append(f"at most {d.max_train_images} training images per epoch")
+        if d.max_val_images is not None:
+            out.append(f"validation on at most {d.max_val_images} images")
+        if o.batch_size != BATCH_SIZE:
+            out.append(f"batch {o.batch_size} instead of {BATCH_SIZE}")
+        if o.lr != self.paper_lr:
+            out.append(f"LR {o.lr:g} instead of {self.paper_lr:g}")
+        if o.lr_scaled:
+            out.append(f"linear LR scaling: LR {o.effective_lr:g} for batch {o.batch_size}")
+        if o.warmup > 0:
+            out.append(f"{o.warmup:g} warm-up epochs")
+        if o.momentum != MOMENTUM:
+            out.append(f"momentum {o.momentum:g} instead of {MOMENTUM:g}")
+        if o.weight_decay != WEIGHT_DECAY:
+            out.append(f"weight decay {o.weight_decay:g} instead of {WEIGHT_DECAY:g}")
+        if s.epochs != EPOCHS:
+            out.append(f"at most {s.epochs} epochs instead of {EPOCHS}")
+        if s.lr_factor != LR_FACTOR:
+            out.append(f"LR decay factor {s.lr_factor:g} instead of {LR_FACTOR:g}")
+        if s.max_decays != LR_DECAYS:
+            out.append(f"{s.max_decays} LR decays instead of {LR_DECAYS}")
+        return out
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(TrainConfig)}  # type: ignore[misc]
+
+
+def _leaves() -> dict[str, tuple[str, Field, _Kind]]:
+    """Every leaf field by name (names are unique across sections, so a flag is just the field's name)."""
+    out: dict[str, tuple[str, Field, _Kind]] = {}
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            if f.name in out:
+                raise TypeError(f"field {f.name} is in both {out[f.name][0]} and {section}: names must be unique")
+            out[f.name] = (section, f, _kind(hints[f.name]))
+    return out
+
+
+LEAVES = _leaves()
+
+
+def iter_fields() -> Iterator[tuple[str, str, Field]]:
+    """(section, name, dataclass field) for every leaf of the config, in declaration order."""
+    for name, (section, f, _) in LEAVES.items():
+        yield section, name, f
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: ``init_from`` -> ``--init-from``."""
+    return "--" + name.replace("_", "-")
+
+
+# ---- dicts: checkpoints, recipes, MLflow -----------------------------------------------------------------------------
+
+
+def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """The config as nested plain data (JSON/YAML-safe: tuples become lists), as stored in checkpoints."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Read numbers written as strings (YAML reads 1e-2 as a string) and "none" as None, as the flags do; the
+    section checks everything else."""
+    _, f, kind = LEAVES[name]
+    if kind.optional and isinstance(value, str) and value.lower() == "none":
+        return None
+    if isinstance(value, str) and kind.base in (int, float) and not kind.nargs:
+        try:
+            return kind.base(value)
+        except ValueError:
+            raise _reject(name, value, _expected(f, kind)) from None
+    return value
+
+
+def _flat(layer: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A layer (nested by section, or flat by field name, or ``section.field``) as {field name: value}."""
+    if not isinstance(layer, Mapping):
+        raise ValueError(f"bad {source}: expected a mapping of sections or fields, got {type(layer).__name__}")
+    out: dict[str, Any] = {}
+
+    def put(name: str, value: Any, section: str | None) -> None:
+        if name not in LEAVES or (section is not None and LEAVES[name][0] != section):
+            where = f"section {section}" if section else "the config"
+            accepted = [n for n, (s, _, _) in LEAVES.items() if section in (None, s)]
+            raise ValueError(f"unknown field {name!r} in {where} ({source}): expected one of {', '.join(accepted)}")
+        out[name] = _coerce(name, value)
+
+    for key, value in layer.items():
+        if key in SECTIONS and (isinstance(value, Mapping) or key not in LEAVES):  # "data" is a section and a field
+            if not isinstance(value, Mapping):
+                raise ValueError(f"bad section {key} in {source}: expected a mapping of fields")
+            for name, v in value.items():
+                put(name, v, key)
+        elif "." in key:
+            section, name = key.split(".", 1)
+            put(name, value, section)
+        else:
+            put(key, value, None)
+    both = [k for k in ("scale", "scale_jitter") if out.get(k) is not None]
+    if len(both) == 2:
+        raise ValueError(f"bad scale {out['scale']} with scale_jitter {out['scale_jitter']} in {source}: they exclude "
+                         "each other, set one")
+    return out
+
+
+def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat layers, later ones winning; setting one of an exclusive pair clears the other."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for name, value in layer.items():
+            if name in EXCLUSIVE and value is not None:
+                out[EXCLUSIVE[name]] = None
+            out[name] = value
+    return out
+
+
+def _build(flat: Mapping[str, Any]) -> TrainConfig:
+    nested: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for name, value in flat.items():
+        nested[LEAVES[name][0]][name] = value
+    return TrainConfig(**{s: SECTIONS[s](**kw) for s, kw in nested.items()})
+
+
+def from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """A config from ``to_dict``'s output or a recipe mapping; missing fields take their defaults."""
+    return _build(_flat(data, "config dict"))
+
+
+def derived(config: TrainConfig) -> dict[str, Any]:
+    """The quantities computed from the config (never configured), for logs and params."""
+    return {
+        "train_scale": str(config.data.train_scale),
+        "val_q": config.data.q,
+        "per_worker_batch": config.per_worker_batch,
+        "micro_batch": config.micro_batch,
+        "accumulation_steps": config.accumulation_steps,
+        "effective_lr": config.optim.effective_lr,
+        "warmup_epochs": config.optim.warmup,
+        "run_name": config.run_name,
+        "deviations_from_paper": config.deviations_from_paper(),
+    }
+
+
+def to_params(config: TrainConfig) -> dict[str, str]:
+    """Every leaf field (``section.field``) and every derived quantity (``derived.*``), as MLflow param strings."""
+    params = {f"{section}.{name}": _param(value)
+              for section, values in to_dict(config).items() for name, value in values.items()}
+    extra = derived(config)
+    extra["deviations_from_paper"] = "; ".join(extra["deviations_from_paper"]) or "none"
+    params.update({f"derived.{k}": _param(v) for k, v in extra.items()})
+    return params
+
+
+def _param(value: Any) -> str:
+    text = "none" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+
+
+# ---- recipes ---------------------------------------------------------------------------------------------------------
+
+
+def find_recipe(name: str) -> Path:
+    """A recipe file: a path, or a name in trainer/recipes with or without its suffix (``a_256``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES / name, RECIPES / f"{name}.yaml", RECIPES / f"{name}.py"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in RECIPES.glob("*") if p.suffix in (".yaml", ".py") and p.stem[0] != "_"))
+    raise ValueError(f"bad config {name!r}: expected a recipe file or one of {known}")
+
+
+def load_recipe(name: str, smoke: bool = False) -> dict[str, Any]:
+    """A recipe as a flat {field: value} layer: YAML, or Python with ``get_config(smoke: bool = False)``."""
+    path = find_recipe(name)
+    if path.suffix == ".py":
+        spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ValueError(f"bad config {path.name}: a Python recipe defines get_config(smoke: bool = False)")
+        takes_smoke = "smoke" in inspect.signature(get_config).parameters
+        layer = get_config(smoke=smoke) if takes_smoke else get_config()
+        if isinstance(layer, TrainConfig):
+            layer = to_dict(layer)
+    else:
+        layer = yaml.safe_load(path.read_text()) or {}
+    return _flat(layer, path.name)
+
+
+def smoke_preset(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """The --smoke overrides for a flat layer: tiny sizes; S keeps the paper's ratio to the crop (256/224), and a
+    jittered S stays jittered ([256, 512]/224 of the crop)."""
+    crop = layer.get("crop", SMOKE["crop"])
+    if layer.get("scale_jitter") is not None:
+        return {**SMOKE, "scale_jitter": tuple(round(crop * s / 224) for s in SCALE_JITTER)}
+    return {**SMOKE, "scale": round(crop * PAPER_SCALE / 224)}
+
+
+def compose(recipe: Mapping[str, Any] | None = None, explicit: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults < recipe < smoke preset (if smoke is on in either) < explicit overrides; each layer flat or nested."""
+    recipe = _flat(recipe or {}, "recipe")
+    explicit = _flat(explicit or {}, "flags")
+    smoke = bool(_merge(recipe, explicit).get("smoke", False))
+    # The preset's S follows the crop that will be used, so that --smoke --crop 64 needs no --scale.
+    preset = smoke_preset(_merge(recipe, SMOKE, {k: v for k, v in explicit.items() if k == "crop"})) if smoke else {}
+    return _build(_merge(recipe, preset, explicit))
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (usage would list every flag): message, pointer to --help, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _converter(kind: _Kind) -> Any:
+    """argparse's type= for a field: "none" is None where the field allows it."""
+
+    def convert(text: str) -> Any:
+        if kind.optional and not kind.nargs and text.lower() == "none":
+            return None
+        return kind.base(text)
+
+    convert.__name__ = kind.base.__name__  # argparse names it in "invalid int value: 'x'"
+    return convert
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line, one flag per config field (help = the field's help, with its default)."""
+    parser = _Parser(
+        prog=prog,
+        description="Train a VGG net of Table 1 with the paper's recipe (Sec. 3.1). Defaults are the paper's; "
+        "precedence: defaults < --config recipe < --smoke preset < flags given here.",
+        argument_default=argparse.SUPPRESS,  # only flags actually given reach the namespace, so they override
+    )
+    parser.add_argument("--config", metavar="FILE", help="a YAML or Python recipe: a path, or a name in "
+                        "trainer/recipes such as a_256; flags given here override it")
+    groups = {s: parser.add_argument_group(s, inspect.getdoc(cls).splitlines()[0]) for s, cls in SECTIONS.items()}
+    exclusive = {}
+    for name, (section, f, kind) in LEAVES.items():
+        group = groups[section]
+        if name in EXCLUSIVE:  # one mutually exclusive group per pair
+            key = frozenset((name, EXCLUSIVE[name]))
+            if key not in exclusive:
+                exclusive[key] = groups[section].add_mutually_exclusive_group()
+            group = exclusive[key]
+        text = f.metadata["help"] + f" (default: {_shown(f.default)})"
+        text = text.replace("%", "%%")
+        if kind.base is bool:
+            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=text)
+            continue
+        metavar = f.metadata["metavar"] or {int: "N", float: "X"}.get(kind.base, name.upper())
+        kwargs: dict[str, Any] = dict(dest=name, help=text, type=_converter(kind), metavar=metavar)
+        if f.metadata["choices"]:
+            kwargs.update(choices=f.metadata["choices"], metavar=None)
+        if kind.nargs:
+            kwargs.update(nargs=kind.nargs)
+        group.add_argument(flag(name), **kwargs)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> TrainConfig:
+    """The config from command-line flags (and the recipe ``--config`` names); bad input exits with one line, code 2."""
+    parser = build_parser(prog)
+    ns = vars(parser.parse_args(argv))
+    recipe_name = ns.pop("config", None)
+    try:
+        recipe = load_recipe(recipe_name, smoke=bool(ns.get("smoke", False))) if recipe_name else {}
+        return compose(recipe, ns)
+    except (ValueError, OSError, yaml.YAMLError) as e:
+        parser.error(" ".join(str(e).split()))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Print the resolved config, its derived quantities and its deviations from the paper."""
+    config = parse_args(argv, prog="python -m trainer.config")
+    print(yaml.safe_dump({**to_dict(config), "derived": derived(config)}, sort_keys=False), end="")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
