@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 PCA_STD = 0.1  # AlexNet: alpha_i ~ N(0, 0.1)
+PIXEL_MAX = 255.0  # colour statistics are stored on the 0-255 scale
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,16 @@ def crop_box(height: int, width: int, params: AugmentParams, crop: int) -> Box:
 
 
 def colour_shift(eigval: np.ndarray, eigvec: np.ndarray, alphas: tuple[float, float, float]) -> np.ndarray:
-    """AlexNet's PCA shift added to every pixel: sum_i alpha_i * lambda_i * p_i (eigvec columns are the p_i)."""
-    return np.asarray(eigvec, dtype=np.float64) @ (np.asarray(alphas, dtype=np.float64) * np.asarray(eigval, dtype=np.float64))
+    """AlexNet's PCA shift added to every pixel, on the 0-255 scale: sum_i alpha_i * lambda_i * p_i.
+
+    ``eigval``/``eigvec`` are those of the RGB covariance measured on the 0-255 scale (as the manifest stores them;
+    eigvec columns are the p_i). The formula is not scale-free -- lambda is a variance, the shift a pixel value -- and
+    it gives the intended few-percent shift with pixels in [0, 1] (lambda_1 = 0.2175 on ImageNet, fb.resnet.torch),
+    so it is applied on that scale and the shift brought back to 0-255: alpha * (lambda / 255^2) * 255 = alpha *
+    lambda / 255 (ImageNet's lambda_1 / 255 = 55.46, Caffe's lighting constant).
+    """
+    scaled = np.asarray(alphas, dtype=np.float64) * np.asarray(eigval, dtype=np.float64) / PIXEL_MAX
+    return np.asarray(eigvec, dtype=np.float64) @ scaled
 
 
 def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -76,8 +76,15 @@ def test_crop_box_maps_the_crop_back_to_original_pixels():
 
 def test_colour_shift_is_eigvec_times_scaled_alphas():
     shift = A.colour_shift(EIGVAL, EIGVEC, (0.1, -0.2, 0.3))
-    expected = sum(a * l * EIGVEC[:, i] for i, (a, l) in enumerate(zip((0.1, -0.2, 0.3), EIGVAL)))
+    # AlexNet's formula on [0, 1] pixels (variances / 255^2), brought back to the 0-255 scale (* 255).
+    expected = 255 * sum(a * (l / 255**2) * EIGVEC[:, i] for i, (a, l) in enumerate(zip((0.1, -0.2, 0.3), EIGVAL)))
     np.testing.assert_allclose(shift, expected)
+
+
+def test_colour_shift_on_imagenet_statistics_is_a_few_grey_levels():
+    # ImageNet's top RGB covariance eigenvalue is about 0.2175 on [0, 1] pixels, i.e. 0.2175 * 255^2 on 0-255.
+    shift = A.colour_shift(np.array([0.2175 * 255**2, 0, 0]), np.eye(3), (A.PCA_STD, 0, 0))
+    np.testing.assert_allclose(shift, [0.1 * 55.4625, 0, 0])
 
 
 def test_train_reference_on_a_constant_image_is_mean_subtracted_shifted_constant():

@@ -1,0 +1,257 @@
+"""Decode + augment encoded images into training and test tensors, with the paper's semantics from ``vgg.augment``.
+
+The caller draws the randomness -- ``vgg.augment.sample_params`` with a generator seeded by ``seed_for(seed, epoch,
+key)``, from the height/width stored beside each image -- and a decoder only APPLIES it: the same image in the same
+epoch gets the same scale, crop, flip and colour shift whichever backend or worker decodes it.
+
+    decode = make_train_decoder(crop=224, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC)
+    params = [sample_params(np.random.default_rng(seed_for(seed, epoch, k)), h, w, 256, 512, 224) for k, h, w in rows]
+    batch = decode(jpegs, params, keys=keys)   # (N, 3, 224, 224) float32 on decode.device
+
+    evaluate = make_eval_decoder(mean=MEAN)
+    images = evaluate(jpegs, q=384)            # list of (3, h, w) float32, shorter side 384, on evaluate.device
+
+Backends (one semantics; the reference is ``vgg.augment.train_reference`` / ``eval_reference``):
+
+- ``"dali"`` (``pipeline.decode_dali``): NVIDIA DALI. On a CUDA device nvJPEG ("mixed") decode and every op on the
+  GPU, the batch handed to torch on that device through DLPack (no host copy); on the CPU the same graph on DALI's CPU
+  operators. The JPEG bytes and per-image parameters come in through ``fn.external_source``: sharding, shuffling and
+  epochs stay with Ray Data.
+- ``"cpu"`` (``pipeline.decode_cpu``): libjpeg-turbo through torchvision / PIL and torch's uint8 resampling; needs no
+  DALI. With a CUDA device it ships the uint8 crops and does the float ops there.
+- ``"auto"``: DALI when it imports, else CPU. ``device=None`` or ``"auto"``: CUDA when available, else CPU.
+
+Both backends decode only what a crop needs (DALI: a ROI decode of the window; CPU: libjpeg's DCT-domain 1/2, 1/4, 1/8
+downscale when the window is at least twice the crop) and resample the window on the reference's own pixel grid with
+the reference's filter (antialiased bilinear), so they match the reference closely; tests/pipeline/test_decode.py states
+the tolerances. Images are decoded as stored (EXIF orientation is ignored, as PIL does for the reference).
+
+Neither backend changes torch's thread count; the data pipeline parallelises across Ray Data tasks (one core each), so
+set ``torch.set_num_threads`` where the worker process is configured.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from typing import Protocol, Union
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike
+from PIL import Image
+
+from vgg.augment import AugmentParams, colour_shift, rescaled_size
+
+Encoded = Union[bytes, bytearray, memoryview, np.ndarray]
+"""One encoded image: its file bytes (a uint8 numpy array, as Arrow/Ray Data may hand them over, works too)."""
+
+BACKENDS = ("auto", "dali", "cpu")
+
+
+class DecodeError(ValueError):
+    """An image in a batch could not be decoded; the one-line message names it (index, and key when given)."""
+
+
+class TrainDecoder(Protocol):
+    """Applies drawn training params to a batch of encoded images."""
+
+    backend: str
+    device: torch.device
+
+    def __call__(
+        self, images: Sequence[Encoded], params: Sequence[AugmentParams], keys: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """(N, 3, crop, crop) float32 on ``device``: rescale to S, crop, flip, colour shift, mean (and std)."""
+        ...
+
+
+class EvalDecoder(Protocol):
+    """Rescales a batch of encoded images for dense evaluation."""
+
+    backend: str
+    device: torch.device
+
+    def __call__(self, images: Sequence[Encoded], q: int, keys: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """One (3, h, w) float32 tensor per image on ``device``: shorter side ``q``, mean (and std) removed."""
+        ...
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> the current CUDA device when available, else CPU; ``"cuda"`` gets an explicit index."""
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"decoders run on 'cpu' or 'cuda', got device {device}")
+    return device
+
+
+def dali_importable() -> bool:
+    """Whether NVIDIA DALI imports here (it is optional: machines without it use the CPU backend)."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except Exception:  # ImportError, or a broken install (a missing shared library raises OSError): either way, no
+        return False
+    return True
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """``"auto"`` -> ``"dali"`` when DALI imports, else ``"cpu"``; an explicit ``"dali"`` without DALI is an error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "dali" if dali_importable() else "cpu"
+    if backend == "dali" and not dali_importable():
+        raise ImportError("backend 'dali' needs NVIDIA DALI (pip install nvidia-dali-cuda130); use 'cpu' or 'auto'")
+    return backend
+
+
+def describe(index: int, keys: Sequence[str] | None) -> str:
+    """How an error names an item: its index in the batch, and its key when the caller gave keys."""
+    return f"item {index}" + (f" (key {keys[index]!r})" if keys is not None else "")
+
+
+def decode_error(index: int, keys: Sequence[str] | None, error: BaseException,
+                 what: str = "cannot decode image") -> DecodeError:
+    """The one-line DecodeError for an item, with the decoder's own reason."""
+    reason = " ".join(str(error).split())
+    reason = re.sub(r"^\w+, \S+\.cpp:\d+, ", "", reason)  # torchvision prefixes its C++ source location
+    reason = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", reason)  # PIL names its in-memory file object
+    return DecodeError(f"{describe(index, keys)}: {what} ({type(error).__name__}: {reason})")
+
+
+def as_buffer(data: Encoded) -> bytes | bytearray | memoryview:
+    """The encoded bytes of one item without copying them (numpy arrays become a memoryview)."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8 or data.ndim != 1:
+            raise TypeError(f"encoded images must be bytes or 1-D uint8 arrays, got {data.dtype} {data.shape}")
+        return memoryview(np.ascontiguousarray(data))
+    return data
+
+
+def open_image(data: Encoded, index: int, keys: Sequence[str] | None) -> Image.Image:
+    """Parse an image's header with PIL (no pixel decode yet), or raise a DecodeError naming the item."""
+    try:
+        return Image.open(io.BytesIO(as_buffer(data)))
+    except Exception as e:  # PIL raises several types for unreadable input; all mean "not an image"
+        raise decode_error(index, keys, e, "not a decodable image") from e
+
+
+# Start-of-frame markers (baseline, extended, progressive, lossless, arithmetic); C4, C8 and CC are not frames.
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: Encoded) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header by walking its markers; None if it is not a plain JPEG."""
+    buf = as_buffer(data)
+    if bytes(buf[:2]) != b"\xff\xd8":
+        return None
+    # A short walk over the segments before the frame (APPn, DQT, DHT): microseconds, where opening the file with PIL
+    # costs tens of them -- it matters on the GPU path, where the header is all the host looks at.
+    pos, end = 2, len(buf)
+    while pos + 9 <= end:
+        if buf[pos] != 0xFF:
+            return None
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF:
+            height, width = (buf[pos + 5] << 8) | buf[pos + 6], (buf[pos + 7] << 8) | buf[pos + 8]
+            return (height, width) if height and width else None  # height 0: defined later (DNL); let PIL decide
+        if marker == 0xDA or 0xD0 <= marker <= 0xD9:  # scan data or a stand-alone marker before any frame
+            return None
+        pos += 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
+    return None
+
+
+def image_size(data: Encoded, index: int = 0, keys: Sequence[str] | None = None) -> tuple[int, int]:
+    """(height, width) from the header alone, or a DecodeError naming the item."""
+    size = jpeg_size(data)
+    if size is not None:
+        return size
+    with open_image(data, index, keys) as image:
+        width, height = image.size
+    return height, width
+
+
+def check_params(height: int, width: int, params: AugmentParams, crop: int, index: int,
+                 keys: Sequence[str] | None) -> tuple[int, int]:
+    """The rescaled (h, w); raise one line if the params do not describe a crop inside this image."""
+    h, w = rescaled_size(height, width, params.scale)
+    if params.scale < crop or not (0 <= params.top <= h - crop and 0 <= params.left <= w - crop):
+        raise ValueError(
+            f"{describe(index, keys)}: params {params} do not fit a {crop} crop of a {height}x{width} image "
+            f"rescaled to {h}x{w} (were they drawn for another image size?)"
+        )
+    return h, w
+
+
+def colour_offsets(params: Sequence[AugmentParams], eigval: ArrayLike, eigvec: ArrayLike,
+                   mean: ArrayLike) -> np.ndarray:
+    """Per-image additive offset on the 0-255 scale, PCA colour shift minus mean RGB: (N, 3) float64."""
+    shifts = np.array([colour_shift(eigval, eigvec, p.alphas) for p in params], np.float64).reshape(-1, 3)
+    return shifts - np.asarray(mean, np.float64)
+
+
+def check_colour_stats(mean: ArrayLike, eigval: ArrayLike | None = None, eigvec: ArrayLike | None = None,
+                       std: ArrayLike | None = None) -> None:
+    """Raise one line unless mean/std are 3 values (0-255 scale), eigval 3 values and eigvec a 3x3 matrix."""
+    if np.shape(mean) != (3,):
+        raise ValueError(f"mean must be 3 RGB values on the 0-255 scale, got shape {np.shape(mean)}")
+    if std is not None and (np.shape(std) != (3,) or np.any(np.asarray(std) <= 0)):
+        raise ValueError(f"std must be 3 positive values on the 0-255 scale, got {std}")
+    if eigval is not None and np.shape(eigval) != (3,):
+        raise ValueError(f"eigval must be 3 values, got shape {np.shape(eigval)}")
+    if eigvec is not None and np.shape(eigvec) != (3, 3):
+        raise ValueError(f"eigvec must be 3x3 (eigenvectors as columns), got shape {np.shape(eigvec)}")
+
+
+def make_train_decoder(
+    backend: str = "auto",
+    *,
+    crop: int,
+    mean: ArrayLike,
+    eigval: ArrayLike,
+    eigvec: ArrayLike,
+    std: ArrayLike | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    num_threads: int | None = None,
+) -> TrainDecoder:
+    """The training transform as a batch decoder; ``batch_size``/``num_threads`` size the DALI pipeline only."""
+    check_colour_stats(mean, eigval, eigvec, std)
+    device, backend = resolve_device(device), resolve_backend(backend)
+    if backend == "dali":
+        from pipeline.decode_dali import DaliTrainDecoder
+
+        return DaliTrainDecoder(crop=crop, mean=mean, eigval=eigval, eigvec=eigvec, std=std, device=device,
+                                batch_size=batch_size, num_threads=num_threads)
+    from pipeline.decode_cpu import CpuTrainDecoder
+
+    return CpuTrainDecoder(crop=crop, mean=mean, eigval=eigval, eigvec=eigvec, std=std, device=device)
+
+
+def make_eval_decoder(
+    backend: str = "auto",
+    *,
+    mean: ArrayLike,
+    std: ArrayLike | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+) -> EvalDecoder:
+    """The test transform (shorter side to Q, no crop) as a batch decoder; DALI-only sizing as above."""
+    check_colour_stats(mean, std=std)
+    device, backend = resolve_device(device), resolve_backend(backend)
+    if backend == "dali":
+        from pipeline.decode_dali import DaliEvalDecoder
+
+        return DaliEvalDecoder(mean=mean, std=std, device=device, batch_size=batch_size, num_threads=num_threads)
+    from pipeline.decode_cpu import CpuEvalDecoder
+
+    return CpuEvalDecoder(mean=mean, std=std, device=device)
