@@ -61,9 +61,12 @@ def read_shards(
 class SplitDataConfig(DataConfig):
     """Ray Train's DataConfig with ``equal=True`` splits for training and ``equal=False`` for evaluation splits."""
 
-    def __init__(self, train_name: str = TRAIN, **kwargs: Any) -> None:
+    def __init__(self, train_name: str = TRAIN, preserve_order: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._train_name = train_name
+        # Blocks in plan order: with the seeded shard and buffer shuffles, the same seed gives the same batches,
+        # so a rerun or a restart from a checkpoint sees what an uninterrupted run saw.
+        self._preserve_order = preserve_order
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # type: ignore[override]
         """Split the training set equally (DDP needs equal steps) and the others exactly, without drop or pad."""
@@ -75,6 +78,7 @@ class SplitDataConfig(DataConfig):
                 ds.set_name(name)
             ds = ds.copy(ds)
             ds.context.execution_options = self._resolve_execution_options(name)
+            ds.context.execution_options.preserve_order = self._preserve_order
             for i, split in enumerate(ds.streaming_split(world_size, equal=equal[name], locality_hints=hints)):
                 output[i][name] = split
         return output

@@ -99,3 +99,11 @@ def lr_at(step: int, lr: float, warmup_steps: int = 0, start_lr: float = 0.0) ->
     if step >= warmup_steps:
         return lr
     return start_lr + (lr - start_lr) * (step + 1) / warmup_steps
+
+
+def extend(state: ScheduleState, cfg: ScheduleConfig) -> ScheduleState:
+    """A schedule stopped by the epoch budget goes on when the budget has grown (``--epochs`` raised on resume);
+    one stopped by a plateau after the last decay stays stopped."""
+    if state.stopped and state.epoch < cfg.epochs and state.stop_reason.startswith("reached "):
+        return replace(state, stopped=False, stop_reason="")
+    return state

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.config import ScheduleConfig
-from trainer.schedule import Decision, ScheduleState, lr_at, start, step
+from trainer.schedule import Decision, ScheduleState, extend, lr_at, start, step
 
 KEEP, DECAY, STOP = Decision.KEEP, Decision.DECAY, Decision.STOP
 
@@ -137,3 +137,18 @@ def test_no_warmup_is_the_lr():
     assert lr_at(0, 0.01) == lr_at(1000, 0.01) == 0.01
     with pytest.raises(ValueError):
         lr_at(-1, 0.01, 5)
+
+
+def test_extend_reopens_a_budget_stop_only():
+    cfg = ScheduleConfig(epochs=2, patience=1, max_decays=0)
+    state = start(0.01)
+    state, _ = step(state, 0.5, cfg)
+    state, decision = step(state, 0.6, cfg)
+    assert decision is Decision.STOP and state.stopped
+    assert extend(state, cfg) == state  # same budget: still over
+    more = ScheduleConfig(epochs=4, patience=1, max_decays=0)
+    reopened = extend(state, more)
+    assert not reopened.stopped and reopened.epoch == 2 and reopened.best == 0.6
+    state, decision = step(reopened, 0.6, more)  # no gain, no decays left: a plateau stop is final
+    assert decision is Decision.STOP and state.stop_reason.startswith("plateau")
+    assert extend(state, ScheduleConfig(epochs=10, patience=1, max_decays=0)) == state

@@ -1,0 +1,165 @@
+"""`python -m trainer.run` end to end on a local Ray: training, checkpoints, MLflow, resume, worker loss, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+import torch
+
+from trainer import checkpoint as ckpt
+from trainer.run import main
+from vgg.card import ModelCard, load_model, save_model
+from vgg.model import build
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# A thin net A at crop 32 on the tiny ImageNet: 27 training images -> 3 steps of 8 per epoch.
+TINY = ["--arch", "A", "--width", "0.125", "--fc-width", "16", "--crop", "32", "--scale-jitter", "32", "40",
+        "--batch-size", "8", "--init", "glorot", "--cpus-per-worker", "0.5", "--shuffle-buffer", "16",
+        "--max-failures", "2"]
+
+
+def args(manifest: str, tmp: Path, name: str, *extra: str) -> list[str]:
+    """The tiny job's flags with its own storage and tracking store under ``tmp``."""
+    return [*TINY, "--data", manifest, "--storage", str(tmp / "runs"), "--name", name,
+            "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", *extra]
+
+
+def weights(uri: str) -> dict[str, torch.Tensor]:
+    return ckpt.read_weights(uri)
+
+
+def test_trains_checkpoints_tracks_and_resumes(prepared_shards, ray_local, tmp_path, capsys):
+    assert main(args(prepared_shards, tmp_path, "tiny", "--epochs", "2")) == 0
+    out = capsys.readouterr().out
+    assert "done: tiny after 2 epochs, 6 steps" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+
+    uri, state = ckpt.find_latest(str(tmp_path / "runs"), "tiny")
+    assert state.epoch == 2 and state.step == 6 and state.step_in_epoch == 0
+    assert [h["epoch"] for h in state.history] == [1, 2]
+    assert all(h["val_images"] == 8 for h in state.history)  # every val image counted once
+    assert {p.name for p in Path(uri).iterdir()} >= {"model.pt", "card.json", "optimizer.pt", "train_state.json"}
+    model, card = load_model(state.best_checkpoint)
+    assert card.arch == "A" and (card.smin, card.smax) == (32, 40) and card.crop == 32 and len(card.classes) == 4
+    assert card.info["epoch"] >= 1 and "val_top1" in card.info
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(state.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["model.arch"] == "A" and params["optim.lr"] == "0.01" and params["optim.momentum"] == "0.9"
+    assert params["optim.weight_decay"] == "0.0005" and params["derived.per_worker_batch"] == "8"
+    assert "width 0.125" in params["derived.deviations_from_paper"]
+    for metric in ("train_loss", "train_top1_err", "lr", "images_per_s", "data_wait_fraction"):
+        assert client.get_metric_history(run.info.run_id, metric), metric
+    val = client.get_metric_history(run.info.run_id, "val_top1_err")
+    assert [m.step for m in val] == [3, 6]
+    assert run.data.tags["verydeep.model_uri"] == state.best_checkpoint
+    assert run.data.tags["verydeep.checkpoint_latest"] == uri
+    version = client.get_model_version_by_alias("verydeep-A", "best")
+    assert version.run_id == run.info.run_id
+
+    # The same command with a larger budget resumes: same MLflow run, epochs continue, nothing redone.
+    assert main(args(prepared_shards, tmp_path, "tiny", "--epochs", "3")) == 0
+    _, resumed = ckpt.find_latest(str(tmp_path / "runs"), "tiny")
+    assert resumed.mlflow_run_id == state.mlflow_run_id
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and resumed.step == 9
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_err")] == [3, 6, 9]
+    # A complete run is not trained again.
+    assert main(args(prepared_shards, tmp_path, "tiny", "--epochs", "3")) == 0
+    assert "already complete (3 epochs)" in capsys.readouterr().out
+
+
+def test_killed_worker_resumes_mid_epoch_to_the_same_weights(prepared_shards, ray_local, tmp_path, monkeypatch):
+    """SIGKILL a training worker mid-epoch: Ray Train restarts it from the last (mid-epoch) checkpoint, the epoch goes
+    on after the batches already taken, and the final weights equal an uninterrupted run's bit for bit (one worker,
+    one shard: the data order is deterministic)."""
+    flags = ("--epochs", "2", "--checkpoint-every-steps", "1")
+    assert main(args(prepared_shards, tmp_path, "ref", *flags)) == 0
+    _, ref = ckpt.find_latest(str(tmp_path / "runs"), "ref")
+
+    monkeypatch.setenv("VERYDEEP_STEP_DELAY_S", "1.0")
+    killed: list[int] = []
+
+    def kill_mid_epoch() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            done = list((tmp_path / "runs" / "crash").glob("checkpoint_e000_s*/train_state.json"))
+            if done:
+                for proc in psutil.process_iter(["cmdline"]):
+                    if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                        proc.kill()
+                        killed.append(proc.pid)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_mid_epoch, daemon=True)
+    killer.start()
+    assert main(args(prepared_shards, tmp_path, "crash", *flags)) == 0
+    killer.join(timeout=5)
+    assert killed, "no training worker was found to kill"
+
+    _, state = ckpt.find_latest(str(tmp_path / "runs"), "crash")
+    assert state.epoch == 2 and state.step == ref.step == 6
+    assert [h["epoch"] for h in state.history] == [1, 2]
+    a = weights(str(tmp_path / "runs" / "ref" / "checkpoint_e002_s00000006"))
+    b = weights(str(tmp_path / "runs" / "crash" / "checkpoint_e002_s00000006"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_init_from_a_checkpoint_transfers_net_a(prepared_shards, ray_local, tmp_path):
+    torch.manual_seed(1)
+    net_a = build("A", 4, width=0.125, fc_width=16, crop=32, init="glorot")
+    card = ModelCard(arch="A", num_classes=4, crop=32, smin=32, smax=32, mean=(0.0, 0.0, 0.0), width=0.125,
+                     fc_width=16)
+    save_model(tmp_path / "net-a", net_a, card)
+    extra = ("--epochs", "1", "--arch", "B", "--init-from", str(tmp_path / "net-a"), "--lr", "1e-9",
+             "--weight-decay", "0")
+    assert main(args(prepared_shards, tmp_path, "b-from-a", *extra)) == 0
+    _, state = ckpt.find_latest(str(tmp_path / "runs"), "b-from-a")
+    model, _ = load_model(state.best_checkpoint)
+    # At LR 1e-9 the copied layers stay A's: conv1_1 (features.0) and FC8 (classifier.6).
+    torch.testing.assert_close(model.features[0].weight, net_a.features[0].weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.classifier[6].weight, net_a.classifier[6].weight, atol=1e-6, rtol=0)
+
+
+@pytest.mark.s3
+def test_bad_input_is_one_line_and_exit_2(prepared_shards, ray_local, s3_server, tmp_path, capsys):
+    def fails(argv: list[str], message: str) -> None:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+    fails(args(str(tmp_path / "nowhere" / "manifest.json"), tmp_path, "x"), "cannot read manifest")
+    (tmp_path / "bad.json").write_text("{")
+    fails(args(str(tmp_path / "bad.json"), tmp_path, "x"), "not valid JSON")
+    fails([*args(prepared_shards, tmp_path, "x"), "--storage", "s3://no-such-bucket/ckpt"],
+          "bucket 'no-such-bucket' does not exist")
+    other = build("A", 4, width=0.25, fc_width=16, crop=32)
+    save_model(tmp_path / "wide-a", other, ModelCard(arch="A", num_classes=4, crop=32, smin=32, smax=32,
+                                                     mean=(0.0, 0.0, 0.0), width=0.25, fc_width=16))
+    fails(args(prepared_shards, tmp_path, "x", "--arch", "D", "--init-from", str(tmp_path / "wide-a")),
+          "cannot initialise from")
+    fails(args(prepared_shards, tmp_path, "x", "--init-from", str(tmp_path / "no-such-checkpoint")),
+          "does not exist")
+    fails(args(prepared_shards, tmp_path, "x", "--workers", "64", "--batch-size", "64"), "needs 32 CPUs")
+    with pytest.raises(SystemExit) as exit_:
+        main(args(prepared_shards, tmp_path, "x", "--arch", "Z"))
+    assert exit_.value.code == 2 and "invalid choice: 'Z'" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "x").exists()  # nothing was started
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--arch", "--data", "--scale", "--scale-jitter", "--crop", "--epochs", "--batch-size", "--lr",
+                 "--momentum", "--weight-decay", "--dropout", "--workers", "--gpu", "--storage", "--name",
+                 "--init-from", "--seed", "--smoke", "--tracking-uri", "--experiment", "--micro-batch"):
+        assert flag in text, flag

@@ -1,0 +1,298 @@
+"""Train one net of Table 1 on a Ray cluster: ``python -m trainer.run --arch E --data s3://bucket/shards``.
+
+    ray job submit -- python -m trainer.run --arch E --data s3://bucket/imagenet --workers 32 --storage s3://ckpt
+    python -m trainer.run --config a_256 --smoke          # one machine, a local Ray, a minute on a CPU
+
+Everything that can be checked before cluster time is spent is checked first (manifest, storage, init source,
+resources, tracking), each failure one ``error:`` line and exit code 2. The same command with the same ``--name``
+and ``--storage`` resumes from the latest checkpoint into the same MLflow run. Inside a Ray job (``RAY_ADDRESS`` set,
+as ``ray job submit`` does) it joins that cluster; otherwise it starts a local Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import storage
+from pipeline.dataset import TRAIN, VAL, SplitDataConfig, read_shards
+from pipeline.manifest import Manifest, ManifestError, load_manifest
+from trainer import checkpoint as ckpt
+from trainer import schedule
+from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
+from trainer.loop import JobInfo, make_model, train_loop
+from trainer.tracking import MODEL_URI_TAG, PARENT_TAG, Tracker
+from vgg.card import load_model
+
+PROG = "python -m trainer.run"
+SMOKE_DATA = "digits"  # what --smoke trains on without --data: pipeline.digits, prepared once into the cache
+
+
+class JobError(ValueError):
+    """A problem found before training starts; the message is the one line the user sees."""
+
+
+def cache_dir() -> Path:
+    """Where derived local data (the smoke dataset's shards) is kept between runs."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "verydeep"
+
+
+def smoke_manifest() -> str:
+    """The digits set rendered and prepared into the cache (once); its manifest path."""
+    from pipeline.digits import render_digits
+    from pipeline.prepare import PrepareConfig, prepare
+
+    root = cache_dir() / SMOKE_DATA
+    manifest = root / "shards" / "manifest.json"
+    if not manifest.exists():
+        print(f"preparing the smoke dataset (scikit-learn's digits) into {root} ...", flush=True)
+        render_digits(root / "images")
+        prepare(PrepareConfig(src=str(root / "images"), dst=str(root / "shards")))
+    return str(manifest)
+
+
+def tracking_uri(cfg: TrainConfig) -> str:
+    """The MLflow tracking URI: the flag, else MLFLOW_TRACKING_URI, else a local store in the working directory --
+    made absolute so that workers in other directories write to the same store."""
+    uri = cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    elif uri.startswith("file:") and not uri.startswith("file:///"):
+        uri = Path(uri[len("file:"):]).resolve().as_uri()
+    elif "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    return uri
+
+
+def absolute_storage(uri: str) -> str:
+    """Ray Train wants an absolute local path or a URI."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def check_init_source(cfg: TrainConfig, num_classes: int, tracking: str) -> None:
+    """Load ``--init-from`` and apply it to a fresh net of this config, so a wrong arch or shape fails here."""
+    from trainer.loop import init_from
+
+    model = make_model(cfg, num_classes)
+    try:
+        init_from(model, cfg, tracking)
+    except ValueError as e:  # CheckpointError, or the strict load / transfer naming the mismatching layer
+        raise JobError(f"cannot initialise from {cfg.model.init_from}: {e}") from None
+
+
+def check_resources(cfg: TrainConfig) -> bool:
+    """Whether to use GPUs; raises JobError when the cluster cannot hold the workers asked for."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus, cpus = int(total.get("GPU", 0)), total.get("CPU", 0)
+    want_gpu = cfg.cluster.gpu == "true" or (cfg.cluster.gpu == "auto" and gpus > 0)
+    workers = cfg.cluster.workers
+    if want_gpu and gpus < workers:
+        raise JobError(f"--workers {workers} with GPUs needs {workers} GPUs; the Ray cluster has {gpus}")
+    need = workers * cfg.cluster.cpus_per_worker
+    if need > cpus:
+        raise JobError(f"--workers {workers} x --cpus-per-worker {cfg.cluster.cpus_per_worker:g} needs {need:g} "
+                       f"CPUs; the Ray cluster has {cpus:g}")
+    return want_gpu
+
+
+def check_resume(cfg: TrainConfig, state: ckpt.TrainState) -> None:
+    """A resumed run must train the same net on the same data."""
+    old = state.config
+    for section, name in (("model", "arch"), ("model", "width"), ("model", "fc_width"), ("model", "crop"),
+                          ("data", "data")):
+        before, now = old.get(section, {}).get(name), to_dict(cfg)[section][name]
+        if before != now:
+            raise JobError(f"run {cfg.run_name!r} in {cfg.run.storage} was started with {name}={before!r}, not "
+                           f"{now!r}: pass another --name to start a new run")
+
+
+def start_ray() -> None:
+    """Join the cluster of a Ray job (RAY_ADDRESS), else start a local Ray with room for Ray Data beside Train."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        # Logical CPUs above the core count: a 2-core machine otherwise deadlocks Train workers against Ray Data.
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+
+
+def datasets(cfg: TrainConfig, manifest: Manifest, start_epoch: int) -> dict[str, Any]:
+    """Ray Data over the train and val shards (train reshuffled each epoch, from ``start_epoch`` on)."""
+    out = {}
+    for split, seed in ((TRAIN, cfg.run.seed), (VAL, None)):
+        uris = manifest.shard_uris(split)
+        if not uris:
+            raise JobError(f"the manifest {cfg.data.data} lists no {split} shards")
+        fs, _ = storage.resolve(uris[0])
+        ds = read_shards(uris, filesystem=fs, shuffle_seed=seed, start_epoch=start_epoch)
+        cap = cfg.data.max_train_images if split == TRAIN else cfg.data.max_val_images
+        out[split] = ds.limit(cap) if cap is not None else ds
+    return out
+
+
+def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.TrainState] | None]:
+    """The checks before cluster time: data, storage, resume state, init source. Raises JobError."""
+    if cfg.data.data is None:  # only --smoke gets here without data (the config insists otherwise)
+        from trainer.config import compose
+
+        cfg = compose(to_dict(cfg), {"data": smoke_manifest()})
+    try:
+        manifest = load_manifest(cfg.data.data)  # type: ignore[arg-type]
+        storage.check_access(cfg.run.storage, create=True)
+    except (ManifestError, storage.StorageError) as e:
+        raise JobError(str(e)) from None
+    if cfg.data.num_classes is not None and cfg.data.num_classes != manifest.num_classes:
+        raise JobError(f"--num-classes {cfg.data.num_classes} but the manifest has {manifest.num_classes} classes")
+    tracking = tracking_uri(cfg)
+    latest = ckpt.find_latest(absolute_storage(cfg.run.storage), cfg.run_name)
+    if latest is not None:
+        check_resume(cfg, latest[1])
+    elif cfg.model.init_from is not None:
+        check_init_source(cfg, manifest.num_classes, tracking)
+    return cfg, manifest, tracking, latest
+
+
+def steps_per_epoch(cfg: TrainConfig, manifest: Manifest) -> int:
+    """Optimiser steps per epoch: each worker gets an equal share of the images, in full per-worker batches."""
+    n = manifest.split(TRAIN).count
+    if cfg.data.max_train_images is not None:
+        n = min(n, cfg.data.max_train_images)
+    steps = (n // cfg.cluster.workers) // cfg.per_worker_batch
+    if steps == 0:
+        raise JobError(f"{n} training images make no full batch of {cfg.optim.batch_size}: lower --batch-size")
+    return steps
+
+
+def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_run_id: str | None = None) -> Tracker:
+    """The job's MLflow run: the resumed run's, or a new one with every param and the deviations from the paper."""
+    tracker = Tracker(True, tracking, cfg.run.experiment)
+    deviations = derived(cfg)["deviations_from_paper"]
+    tags = {"verydeep.arch": cfg.model.arch, "verydeep.deviations": "; ".join(deviations) or "none"}
+    if parent_run_id is not None:
+        tags[PARENT_TAG] = parent_run_id
+    tracker.start(run_id, cfg.run_name, to_params(cfg), tags)
+    if tracker.run_id is None:
+        raise JobError(f"cannot open an MLflow run at {storage.redact(tracking) if '@' in tracking else tracking}")
+    if run_id is None:
+        tracker.artifact_text(yaml.safe_dump({**to_dict(cfg), "derived": derived(cfg)}, sort_keys=False),
+                              "config.yaml")
+    return tracker
+
+
+def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, ckpt.TrainState] | None,
+        parent_run_id: str | None = None) -> ckpt.TrainState:
+    """Run the TorchTrainer to the end of the schedule; returns the final train state as a dict."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    use_gpu = check_resources(cfg)
+    state = latest[1] if latest else None
+    start_epoch = state.epoch if state else 0
+    tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
+    storage_uri = absolute_storage(cfg.run.storage)
+    info = JobInfo(mean=tuple(map(float, manifest.mean_rgb)), eigval=tuple(map(float, manifest.eigval)),
+                   eigvec=tuple(tuple(map(float, row)) for row in manifest.eigvec), wnids=tuple(manifest.wnids),
+                   steps_per_epoch=steps_per_epoch(cfg, manifest), run_dir=ckpt.run_dir(storage_uri, cfg.run_name),
+                   mlflow_run_id=tracker.run_id, tracking_uri=tracking,
+                   step_delay_s=float(os.environ.get("VERYDEEP_STEP_DELAY_S", "0") or 0))
+    print(f"{cfg.run_name}: VGG-{cfg.model.arch} on {cfg.cluster.workers} {'GPU' if use_gpu else 'CPU'} worker(s), "
+          f"batch {cfg.optim.batch_size} ({cfg.per_worker_batch}/worker, {cfg.accumulation_steps} micro-batches), "
+          f"{info.steps_per_epoch} steps/epoch, S={cfg.data.train_scale}, Q={cfg.data.q}"
+          + (f", resuming after epoch {start_epoch}" if state else ""), flush=True)
+    fs = storage.resolve(storage_uri)[0] if storage.is_s3(storage_uri) else None
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": to_dict(cfg), "info": asdict(info)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=use_gpu,
+                                               resources_per_worker={"CPU": cfg.cluster.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.run_name,
+            storage_path=storage_uri.removeprefix("s3://") if fs is not None else storage_uri,
+            storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="val_top1",
+                                                         checkpoint_score_order="max"),
+        ),
+        datasets=datasets(cfg, manifest, start_epoch),
+        dataset_config=SplitDataConfig(),
+    )
+    try:
+        trainer.fit()
+    except Exception as e:  # TrainingFailedError and friends: the cause is in the worker's log above
+        tracker.end("FAILED")
+        raise JobError(f"training failed: {' '.join(str(e).split())[:400]}") from None
+    final = ckpt.find_latest(storage_uri, cfg.run_name)
+    if final is None:
+        tracker.end("FAILED")
+        raise JobError(f"training ended without a checkpoint in {info.run_dir}")
+    finish(tracker, cfg, final[1])
+    return final[1]
+
+
+def finish(tracker: Tracker, cfg: TrainConfig, state: ckpt.TrainState) -> None:
+    """Log the best model with mlflow.pytorch, register it (alias ``best``), tag its URI, close the run."""
+    best = state.best_checkpoint
+    if best is not None:
+        tracker.tag(MODEL_URI_TAG, best)
+        with tempfile.TemporaryDirectory(prefix="verydeep-best-") as tmp:
+            model, _ = load_model(ckpt.fetch(best, tmp))
+            tracker.log_model(model, registered_name=f"verydeep-{cfg.model.arch}")
+    tracker.end("FINISHED")
+
+
+def ui_command(tracking: str) -> str:
+    """The command that opens the MLflow UI on this job's tracking store (a server's URI is opened directly)."""
+    if tracking.startswith(("http://", "https://")):
+        return f"open {storage.redact(tracking)}"
+    return f"mlflow ui --backend-store-uri {tracking}"
+
+
+def complete(cfg: TrainConfig, state: ckpt.TrainState) -> bool:
+    """Whether a run's schedule is over for this config (a larger ``--epochs`` reopens a budget stop)."""
+    return schedule.extend(schedule.ScheduleState.from_dict(state.schedule), cfg.schedule).stopped
+
+
+def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConfig, ckpt.TrainState, str]:
+    """Check, then train to the end of the schedule (or find the run already complete); raises JobError."""
+    start_ray()
+    cfg, manifest, tracking, latest = plan(cfg)
+    if latest is not None and complete(cfg, latest[1]):
+        print(f"{cfg.run_name}: already complete ({latest[1].epoch} epochs) in {latest[0]}", flush=True)
+        return cfg, latest[1], tracking
+    return cfg, fit(cfg, manifest, tracking, latest, parent_run_id), tracking
+
+
+def summary(cfg: TrainConfig, state: ckpt.TrainState, tracking: str) -> str:
+    """The closing lines: epochs, errors, the best model's URI, how to open MLflow."""
+    last = state.history[-1] if state.history else {}
+    return (f"done: {cfg.run_name} after {state.epoch} epochs, {state.step} steps; best val top-1 err "
+            f"{1 - (state.best_val_top1 or 0):.4f}" + (f" (last {last['val_top1_err']:.4f})" if last else "")
+            + f"; model {state.best_checkpoint}\nMLflow: {ui_command(tracking)}  (run {state.mlflow_run_id})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; known problems print one ``error:`` line and return 2, a failed training returns 1."""
+    cfg = parse_args(argv, prog=PROG)
+    try:
+        cfg, state, tracking = train(cfg)
+    except JobError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1 if str(e).startswith("training failed") else 2
+    print(summary(cfg, state, tracking))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
