@@ -1,0 +1,99 @@
+"""The paper's ladder of training runs as one command (Sec. 3.1): ``python -m trainer.recipe paper --arch E``.
+
+    A (S=256, random init)
+      -> E (S=256, first four convs + FCs from A)
+        -> E (S=384, all weights from E-256, LR 1e-3)
+          -> E (S in [256, 512], all weights from E-384, LR 1e-3)
+
+Each rung is a ``trainer.run`` job with its own MLflow run, all children of one parent run for the ladder. Any
+other flag of ``trainer.run`` applies to every rung (``--data``, ``--storage``, ``--workers``, ``--smoke``, ...).
+Rerun the same command and completed rungs are skipped; an interrupted rung resumes from its checkpoint.
+With ``--smoke`` the scales shrink with the crop as the smoke preset does (S/crop kept at the paper's ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trainer.config import FINE_TUNE_LR, SCALE_JITTER, build_parser, compose
+from trainer.run import JobError, summary, tracking_uri, train
+from vgg.model import ARCHS
+
+PROG = "python -m trainer.recipe"
+PAPER_CROP = 224
+LADDER_TAG = "verydeep.ladder"
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One run of the ladder: its name suffix, the fields it sets, and how it takes the previous rung's weights."""
+
+    name: str
+    fields: dict[str, Any]
+    init_layers: str | None  # None: random init (the first rung)
+
+
+def paper_ladder(arch: str, crop: int) -> list[Rung]:
+    """The rungs for ``arch``; scales are the paper's times crop/224 (so a smoke crop keeps the paper's ratios)."""
+    def s(x: int) -> int:
+        return round(x * crop / PAPER_CROP)
+
+    rungs = [Rung("A-S256", {"arch": "A", "scale": s(256)}, None)]
+    if arch not in ("A", "A-LRN"):
+        rungs.append(Rung(f"{arch}-S256", {"arch": arch, "scale": s(256)}, "transfer"))
+    rungs.append(Rung(f"{arch}-S384", {"arch": arch, "scale": s(384), "lr": FINE_TUNE_LR}, "all"))
+    jitter = (s(SCALE_JITTER[0]), s(SCALE_JITTER[1]))
+    rungs.append(Rung(f"{arch}-S256-512", {"arch": arch, "scale_jitter": jitter, "lr": FINE_TUNE_LR}, "all"))
+    return rungs
+
+
+def parent_run(tracking: str, experiment: str, ladder: str) -> str:
+    """The ladder's parent MLflow run: found by its tag when the ladder is rerun, else created."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    found = client.search_runs([exp_id], filter_string=f"tags.`{LADDER_TAG}` = '{ladder}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(exp_id, run_name=ladder, tags={LADDER_TAG: ladder}).info.run_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run (or finish) the ladder; one ``error:`` line and a non-zero exit when a rung cannot run."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                     epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
+    parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512]")
+    parser.add_argument("--arch", choices=ARCHS, default="E", help="the configuration at the top of the ladder")
+    ns, rest = parser.parse_known_args(argv)
+    flags = vars(build_parser(f"{PROG} {ns.ladder}").parse_args(rest))
+    if "config" in flags or "arch" in flags:
+        parser.error("--config/--arch of trainer.run do not apply: the ladder sets each rung's net and scale")
+    prefix = flags.pop("name", None) or f"{ns.ladder}-{ns.arch}"
+    try:
+        base = compose({}, flags)
+        tracking = tracking_uri(base)
+        parent = parent_run(tracking, base.run.experiment, prefix)
+        previous = None
+        for rung in paper_ladder(ns.arch, base.model.crop):
+            layer = {**flags, **rung.fields, "name": f"{prefix}.{rung.name}"}
+            if rung.init_layers is not None:
+                layer.update(init_from=previous, init_layers=rung.init_layers)
+            print(f"== {prefix}: {rung.name}" + (f" from {previous}" if previous else ""), flush=True)
+            cfg, state, tracking = train(compose({}, layer), parent_run_id=parent)
+            print(summary(cfg, state, tracking), flush=True)
+            previous = state.best_checkpoint
+    except (JobError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(f"ladder {prefix} complete: final model {previous}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
