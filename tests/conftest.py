@@ -10,6 +10,8 @@ Fixtures:
 - ``tiny_imagenet`` (session): a ``TinyImageNet`` (see imagenet_fixture.py): ``.root`` with train/ (4 classes x 6
   RGB JPEGs, 40-120 px, plus a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG and three bad files) and val/ in
   class folders (4 x 2). ``os.fspath(tiny_imagenet)`` is the root.
+- ``mlflow_server`` (function): a real ``mlflow server`` on 127.0.0.1 with a sqlite store under tmp_path;
+  ``.uri`` (http://127.0.0.1:PORT), ``.stop()`` (kills it, e.g. to test a server lost mid-run).
 - ``prepared_shards`` (session): ``tiny_imagenet`` ingested with default options into a local directory; the
   value is the manifest's path as a string, for ``pipeline.manifest.load_manifest``.
 """
@@ -164,3 +166,52 @@ def prepared_shards(tiny_imagenet: TinyImageNet, ray_local: None, tmp_path_facto
     dst = tmp_path_factory.mktemp("tiny-shards")
     prepare(PrepareConfig(src=str(tiny_imagenet.root), dst=str(dst)))
     return str(dst / "manifest.json")
+
+
+@dataclass
+class MlflowServer:
+    """A running MLflow tracking server: its URI and the process."""
+
+    uri: str
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        """Kill the server and its workers."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait(timeout=30)
+
+
+def start_mlflow_server(root: Path) -> MlflowServer:
+    """``mlflow server`` on a free loopback port with a sqlite store and local artifacts under ``root``."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = MlflowServer(f"http://127.0.0.1:{port}", proc)
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            server.stop()
+            raise RuntimeError("the MLflow server did not start")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A real MLflow server on loopback for one test."""
+    server = start_mlflow_server(tmp_path / "mlflow-server")
+    try:
+        yield server
+    finally:
+        server.stop()

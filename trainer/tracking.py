@@ -6,6 +6,7 @@ tracker off for the rest of the job; the checkpoints still hold everything.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -21,6 +22,10 @@ class Tracker:
 
     def __init__(self, enabled: bool, tracking_uri: str | None, experiment: str) -> None:
         self.enabled, self.tracking_uri, self.experiment = enabled, tracking_uri, experiment
+        # MLflow's HTTP client retries a dead server for minutes per call by default; a training step must not
+        # wait that long. Users can still set their own values.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.run_id: str | None = None
         self._client: Any = None
 
@@ -29,6 +34,21 @@ class Tracker:
         reason = " ".join(str(error).split())[:200]
         print(f"WARNING: MLflow tracking stopped ({what}: {type(error).__name__}: {reason}); training goes on, "
               "checkpoints hold the results", file=sys.stderr, flush=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Leave no active run or system-metrics thread behind in this process (best effort, server likely gone)."""
+        import mlflow
+        from mlflow.tracking import fluent
+
+        monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(self.run_id, None)
+        for close in ((monitor.finish if monitor is not None else None), mlflow.end_run):
+            if close is None:
+                continue
+            try:
+                close()
+            except Exception:  # the server that just failed: nothing more to say about it
+                pass
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
