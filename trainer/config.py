@@ -231,6 +231,10 @@ class DataConfig(_Section):
                                        "shuffle; 0 disables it")
     decoder: str = option("auto", "JPEG decode and augment: dali on GPU workers, cpu otherwise (auto)",
                           choices=DECODERS)
+    cache_mb: int = option(
+        512, "read a split once and keep it in Ray's object store when its shards total at most this many MiB (saves "
+        "seconds of start-up per epoch on small data; the per-epoch shuffle then comes from the shuffle buffer "
+        "alone); 0 = always stream from storage")
     max_train_images: int | None = option(None, "train on at most this many images per epoch; none = all")
     max_val_images: int | None = option(None, "validate on at most this many images; none = all")
 
@@ -248,6 +252,7 @@ class DataConfig(_Section):
         _check(self.colour_shift >= 0, "colour_shift", self.colour_shift, "a std >= 0")
         _check(self.val_q is None or self.val_q > 0, "val_q", self.val_q, "a positive integer")
         _check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, "an integer >= 0")
+        _check(self.cache_mb >= 0, "cache_mb", self.cache_mb, "an integer >= 0")
         for name in ("max_train_images", "max_val_images"):
             value = getattr(self, name)
             _check(value is None or value >= 1, name, value, "a positive integer or none")

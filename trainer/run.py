@@ -138,7 +138,10 @@ def datasets(cfg: TrainConfig, manifest: Manifest, start_epoch: int) -> dict[str
         fs, _ = storage.resolve(uris[0])
         ds = read_shards(uris, filesystem=fs, shuffle_seed=seed, start_epoch=start_epoch)
         cap = cfg.data.max_train_images if split == TRAIN else cfg.data.max_val_images
-        out[split] = ds.limit(cap) if cap is not None else ds
+        ds = ds.limit(cap) if cap is not None else ds
+        # Each epoch re-executes a streamed dataset, seconds of start-up that dominate on small data.
+        size_mb = sum(shard.bytes for shard in manifest.split(split).shards) / 2**20
+        out[split] = ds.materialize() if size_mb <= cfg.data.cache_mb else ds
     return out
 
 
