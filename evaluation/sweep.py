@@ -1,0 +1,268 @@
+"""The evaluation sweep: nets x test scales Q x methods on a split, in parallel on Ray, reported as Tables 3-6.
+
+    python -m evaluation.sweep --model CKPT_OR_RUN [--model ...] --data MANIFEST [--scales Q ...]
+                               [--methods dense multicrop] [--split val] [--out DIR]
+
+1. Plan: load the manifest and every net (card + weights), choose each net's Q (the paper's, from its training scale,
+   unless ``--scales``), check the input (Q >= crop, nets of one class list matching the data, a non-empty split).
+2. Compute what the posterior store lacks: one Ray task per (net, Q, image shard), on a GPU when the cluster has
+   them. A task decodes each image once at Q and runs every requested method on it; the driver stores each finished
+   task's posteriors at once (``evaluation.posteriors``), so a rerun with one more net or Q computes only that.
+3. Report from the stored posteriors (``evaluation.report``): tables as markdown and CSV, the error-vs-Q plot, printed
+   and written under ``<out>/report``; then MLflow (``evaluation.tracking``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluation.config import SweepConfig, parse_args
+from evaluation.methods import METHODS
+from evaluation.models import LoadedModel, ModelError, default_scales, label_models, load
+from evaluation.posteriors import PosteriorStore, Posteriors, data_id, shard_limits
+from evaluation.report import Report, ReportError, build_report
+from evaluation.shard import ShardResult, evaluate_shard, views_of
+from evaluation.tracking import log_sweep
+from pipeline import storage
+from pipeline.manifest import Manifest, ManifestError, load_manifest
+
+REPORT_DIR = "report"
+
+
+class SweepError(ValueError):
+    """Input the sweep cannot evaluate; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One task: a net, a test scale, an image shard, and the views that shard still lacks."""
+
+    model: LoadedModel
+    q: int
+    shard: int
+    views: tuple[str, ...]
+
+
+@dataclass
+class Plan:
+    """What the sweep covers: nets, their test scales, the split's shards and how many rows of each."""
+
+    manifest: Manifest
+    models: list[LoadedModel]
+    scales: dict[str, tuple[int, ...]]  # model id -> Q, ascending
+    shard_uris: list[str]
+    limits: list[int]  # rows taken from each shard
+    data: str  # data id of the posterior store
+
+    @property
+    def shards(self) -> list[int]:
+        """Indices of the shards that contribute images."""
+        return [i for i, n in enumerate(self.limits) if n > 0]
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did and produced."""
+
+    report: Report
+    computed: list[tuple[str, int, int]]  # (model id, Q, shard) units run this time
+    report_uri: str
+    run_id: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def check_models(models: Sequence[LoadedModel], manifest: Manifest) -> None:
+    """Nets fused or scored together must share one class list, and it must be the data's (labels index it)."""
+    ids = [m.model_id for m in models]
+    for i, m in enumerate(models):
+        if m.model_id in ids[:i]:
+            raise SweepError(f"models {models[ids.index(m.model_id)].source} and {m.source} are the same net")
+    first = models[0]
+    for m in models[1:]:
+        if (m.card.num_classes, m.card.classes) != (first.card.num_classes, first.card.classes):
+            raise SweepError(f"models {first.source} and {m.source} have different class lists "
+                             f"({first.card.num_classes} and {m.card.num_classes} classes): their posteriors cannot "
+                             "be fused")
+    if first.card.num_classes != manifest.num_classes:
+        raise SweepError(f"model {first.source} has {first.card.num_classes} classes, the data "
+                         f"{manifest.num_classes}: its scores cannot be checked against these labels")
+    if first.card.classes and list(first.card.classes) != manifest.wnids:
+        i = next(i for i, (a, b) in enumerate(zip(first.card.classes, manifest.wnids)) if a != b)
+        raise SweepError(f"model {first.source} orders its classes differently from the data (label {i} is "
+                         f"{first.card.classes[i]} there, {manifest.wnids[i]} in the data)")
+
+
+def choose_scales(cfg: SweepConfig, models: Sequence[LoadedModel]) -> dict[str, tuple[int, ...]]:
+    """Each net's test scales: ``--scales`` for all, else the paper's from its training scale; all at least the crop."""
+    out = {}
+    for m in models:
+        qs = cfg.scales or default_scales(m.card)
+        small = [q for q in qs if q < m.card.crop]
+        if small:
+            raise SweepError(f"test scale Q={small[0]} is smaller than the crop {m.card.crop} of model {m.source}: "
+                             "no crop fits in the rescaled image")
+        if not qs:
+            raise SweepError(f"model {m.source} (S={m.scale}, crop {m.card.crop}) has no paper test scale >= its "
+                             "crop: give --scales")
+        out[m.model_id] = tuple(qs)
+    return out
+
+
+def make_plan(cfg: SweepConfig) -> Plan:
+    """Load and check everything before any compute starts: each bad input is one line."""
+    manifest = load_manifest(cfg.data, cfg.s3_endpoint)
+    split = manifest.split(cfg.split)
+    if split.count == 0:
+        raise SweepError(f"split {cfg.split!r} of {cfg.data} has no images")
+    models = label_models([load(src, cfg.tracking_uri, cfg.s3_endpoint) for src in cfg.model])
+    check_models(models, manifest)
+    limits = shard_limits([s.rows for s in split.shards], cfg.max_images)
+    return Plan(manifest, models, choose_scales(cfg, models), manifest.shard_uris(cfg.split), limits,
+                data_id(manifest, cfg.split, cfg.max_images))
+
+
+def pending_units(plan: Plan, store: PosteriorStore, methods: Sequence[str]) -> list[Unit]:
+    """Every (net, Q, shard) that lacks a stored view, with the views it lacks."""
+    views = views_of(methods)
+    units = []
+    for m in plan.models:
+        for q in plan.scales[m.model_id]:
+            for shard, lack in store.missing(m.model_id, q, views, plan.shards).items():
+                units.append(Unit(m, q, shard, lack))
+    return units
+
+
+def methods_for(views: Sequence[str]) -> tuple[str, ...]:
+    """The methods that produce the given views (dense's two views come together)."""
+    return tuple(m for m in METHODS if any(v in views for v in views_of([m])))
+
+
+class Progress:
+    """One status line on stderr at most every few seconds: units and images done, rate, time left."""
+
+    def __init__(self, units: int, images: int, every: float = 2.0) -> None:
+        self.units, self.images, self.every = units, images, every
+        self.done_units = self.done_images = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, images: int, what: str) -> None:
+        """Count a finished unit; print when due (and always for the last one)."""
+        self.done_units += 1
+        self.done_images += images
+        now = time.monotonic()
+        if now - self.last < self.every and self.done_units < self.units:
+            return
+        self.last = now
+        rate = self.done_images / max(now - self.start, 1e-9)
+        left = (self.images - self.done_images) / rate if rate > 0 else float("nan")
+        print(f"sweep: {self.done_units}/{self.units} units, {self.done_images}/{self.images} images "
+              f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=sys.stderr, flush=True)
+
+
+def init_ray(address: str | None) -> None:
+    """Join the given or running Ray cluster, else start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING)
+
+
+def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence[Unit]) -> None:
+    """Run the units as Ray tasks and store each one's posteriors as it finishes."""
+    if not units:
+        return
+    import ray
+
+    init_ray(cfg.ray_address)
+    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    task = ray.remote(evaluate_shard).options(num_cpus=1, num_gpus=gpus, max_retries=2)
+    states = {m.model_id: ray.put(m.state) for m in plan.models}  # once per net, shared by all its tasks
+    pending = {}
+    for u in units:
+        ref = task.remote(u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard],
+                          plan.limits[u.shard], u.q, methods_for(u.views), cfg.decoder, cfg.batch_size,
+                          cfg.max_crops, cfg.s3_endpoint)
+        pending[ref] = u
+    progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
+    print(f"sweep: {len(units)} units ({len(plan.models)} nets, {gpus and 'GPU' or 'CPU'} tasks) on Ray",
+          file=sys.stderr, flush=True)
+    try:
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            u = pending.pop(ref)
+            try:
+                result: ShardResult = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                cause = getattr(e, "cause", None) or e
+                raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
+                                 f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+            for view in u.views:
+                store.write(u.model.model_id, u.q, view, u.shard, result.keys, result.labels, result.probs[view])
+            progress.update(len(result.keys), f"{u.model.label} Q={u.q} shard {u.shard} ({result.seconds:.1f}s)")
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def write_report(report: Report, out: str, endpoint: str | None, local: Path) -> tuple[str, list[str]]:
+    """Write the report under ``<out>/report`` (through ``local`` when ``out`` is remote); its URI and files."""
+    files = report.write(local)
+    uri = storage.join(out, REPORT_DIR)
+    if storage.is_s3(out):
+        for f in files:
+            storage.write_bytes_atomic(storage.join(uri, f.name), f.read_bytes(), endpoint)
+    return uri, [storage.join(uri, f.name) for f in files]
+
+
+def run(cfg: SweepConfig) -> SweepResult:
+    """Plan, compute what is missing, report, log: the whole sweep."""
+    plan = make_plan(cfg)
+    store = PosteriorStore(cfg.out, plan.data, cfg.s3_endpoint)
+    units = pending_units(plan, store, cfg.methods)
+    total = sum(len(plan.scales[m.model_id]) for m in plan.models) * len(plan.shards)
+    print(f"sweep: {len(plan.models)} nets, {sum(plan.limits)} images of {cfg.split!r}, {total} (net, Q, shard) "
+          f"units, {len(units)} to compute ({total - len(units)} stored)", file=sys.stderr, flush=True)
+    compute(cfg, plan, store, units)
+
+    @functools.lru_cache(maxsize=None)
+    def load_posteriors(model_id: str, q: int, view: str) -> Posteriors:
+        return store.read(model_id, q, view, plan.shards)
+
+    report = build_report(plan.models, plan.scales, cfg.methods, load_posteriors)
+    local_root = None if storage.is_s3(cfg.out) else Path(storage.join(cfg.out, REPORT_DIR))
+    with tempfile.TemporaryDirectory(prefix="verydeep-report-") as tmp:
+        local = local_root or Path(tmp)
+        uri, files = write_report(report, cfg.out, cfg.s3_endpoint, local)
+        run_id = None
+        if cfg.mlflow:
+            run_id = log_sweep(report, cfg.params(), local, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
+                               run_name=cfg.run_name, data=plan.data)
+    computed = [(u.model.model_id, u.q, u.shard) for u in units]
+    return SweepResult(report, computed, uri, run_id, files)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: run the sweep and print the tables; bad input prints one ``error:`` line and returns 2."""
+    try:
+        try:
+            cfg = parse_args(argv, prog="python -m evaluation.sweep")
+        except ValueError as e:
+            raise SweepError(str(e)) from None
+        result = run(cfg)
+    except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(result.report.markdown())
+    print(f"report: {result.report_uri}" + (f"  (MLflow run {result.run_id})" if result.run_id else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Combination arithmetic on stored posteriors (multi-scale, multi-crop & dense, fusion), the store, the tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, MULTICROP
+from evaluation.models import LoadedModel, default_scales, label_models
+from evaluation.posteriors import PosteriorStore, Posteriors, data_id, from_parquet, shard_limits, to_parquet
+from evaluation.report import build_report, fusion_sets, method_posteriors
+from pipeline.manifest import load_manifest
+from vgg.card import ModelCard
+from vgg.protocol import TrainScale
+
+KEYS = np.array(["a", "b"])
+LABELS = np.array([0, 1])
+
+
+def model(arch: str, smin: int, smax: int, mid: str) -> LoadedModel:
+    card = ModelCard(arch=arch, num_classes=3, crop=224, smin=smin, smax=smax, mean=(0.0, 0.0, 0.0))
+    return LoadedModel(mid, mid, card, {}, mid, f"{arch}/{TrainScale(smin, smax)}")
+
+
+# Per (model, Q, view): two images, three classes. Each posterior alone gets one image wrong; averages fix it.
+P = {
+    ("d", 256, DENSE): [[0.2, 0.5, 0.3], [0.1, 0.8, 0.1]],  # image a wrong
+    ("d", 256, MULTICROP): [[0.6, 0.1, 0.3], [0.5, 0.4, 0.1]],  # image b wrong
+    ("d", 384, DENSE): [[0.7, 0.2, 0.1], [0.6, 0.3, 0.1]],  # image b wrong
+    ("d", 384, MULTICROP): [[0.3, 0.4, 0.3], [0.1, 0.6, 0.3]],  # image a wrong
+    ("e", 256, DENSE): [[0.1, 0.2, 0.7], [0.0, 0.1, 0.9]],  # both wrong
+    ("e", 256, MULTICROP): [[0.1, 0.2, 0.7], [0.0, 0.1, 0.9]],
+}
+for (m, q, v), probs in list(P.items()):
+    if v == DENSE:
+        P[(m, q, DENSE_NOFLIP)] = probs
+
+
+def loader(model_id: str, q: int, view: str) -> Posteriors:
+    return Posteriors(KEYS, LABELS, np.asarray(P[(model_id, q, view)], np.float64))
+
+
+def test_multi_scale_and_multicrop_dense_are_posterior_averages():
+    ms = method_posteriors(loader, "d", [256, 384], DENSE)
+    np.testing.assert_allclose(ms.probs, [[0.45, 0.35, 0.2], [0.35, 0.55, 0.1]])
+    both = method_posteriors(loader, "d", [256], COMBINED)
+    np.testing.assert_allclose(both.probs, [[0.4, 0.3, 0.3], [0.3, 0.6, 0.1]])
+    allq = method_posteriors(loader, "d", [256, 384], COMBINED)  # 2 scales x 2 methods, equal weights
+    np.testing.assert_allclose(allq.probs, np.mean([P[("d", q, v)] for q in (256, 384) for v in (DENSE, MULTICROP)],
+                                                   axis=0))
+
+
+def test_report_tables_from_constructed_posteriors():
+    d, e = model("D", 256, 512, "d"), model("E", 256, 256, "e")
+    scales = {"d": (256, 384), "e": (256,)}
+    report = build_report([d, e], scales, [DENSE, MULTICROP], loader)
+    cells = {(c.model.model_id, c.q, c.method): c for c in report.cells}
+    assert len(cells) == 3 * 3  # (d,256), (d,384), (e,256) x dense, multi-crop, both
+    assert cells[("d", 256, DENSE)].top1_err == 0.5 and cells[("d", 256, MULTICROP)].top1_err == 0.5
+    assert cells[("d", 256, COMBINED)].top1_err == 0.0  # the two methods complement each other
+    assert cells[("e", 256, DENSE)].top1_err == 1.0 and cells[("e", 256, DENSE)].top5_err == 0.0  # 3 classes < 5
+    assert cells[("d", 256, DENSE)].extra == {"top1_err_noflip": 0.5, "top5_err_noflip": 0.0}
+    t3, t4, t5, t6 = report.tables
+    assert [r[:4] for r in t3.rows][:3] == [["D", "[256;512]", 256, "dense"], ["D", "[256;512]", 256, "dense (no flip)"],
+                                            ["D", "[256;512]", 256, "multi-crop"]]
+    assert len(t3.rows) == 9  # 3 (net, Q) x dense, dense (no flip), multi-crop
+    assert t4.rows == [["D", "[256;512]", "256,384", "dense", 0.0, 0.0],
+                       ["D", "[256;512]", "256,384", "multi-crop", 0.0, 0.0]]  # E has one scale: no Table 4 row
+    assert [r[3] for r in t5.rows] == ["dense", "multi-crop", "multi-crop & dense"] * 2
+    # Fusion of D (both scales) and E: dense = mean(D's 2-scale dense, E's dense).
+    fused = 0.5 * (np.mean([P[("d", 256, DENSE)], P[("d", 384, DENSE)]], axis=0) + np.asarray(P[("e", 256, DENSE)]))
+    expected = 100 * np.mean(fused.argmax(1) != LABELS)
+    assert t6.rows[0][:2] == ["(D/[256;512]/256,384), (E/256/256)", "dense"] and t6.rows[0][2] == expected
+    assert "| D | [256;512] | 256,384 | dense | 0.00 | 0.00 |" in t4.markdown()
+    assert t6.csv().splitlines()[0] == "combined models,method,top-1 err (%),top-5 err (%)"
+
+
+def test_fusion_sets():
+    assert fusion_sets(1) == []
+    assert fusion_sets(3) == [(0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert fusion_sets(6) == [tuple(range(6))]
+
+
+def test_default_scales_follow_the_paper():
+    card = lambda smin, smax, crop=224: ModelCard("D", 10, crop, smin, smax, (0.0, 0.0, 0.0))  # noqa: E731
+    assert default_scales(card(256, 256)) == (224, 256, 288)
+    assert default_scales(card(384, 384)) == (352, 384, 416)
+    assert default_scales(card(256, 512)) == (256, 384, 512)
+    assert default_scales(card(32, 32, crop=32)) == (32, 64)  # S-32 = 0: no crop fits, left out
+
+
+def test_same_labels_get_ids():
+    a, b = model("D", 256, 256, "x1"), model("D", 256, 256, "x2")
+    assert [m.label for m in label_models([a, b])] == ["D/256 (x1)", "D/256 (x2)"]
+
+
+@pytest.mark.ray  # prepared_shards ingests through Ray
+def test_store_round_trip_and_what_is_missing(tmp_path, prepared_shards):
+    probs = np.random.default_rng(0).dirichlet(np.ones(4), size=3).astype(np.float32)
+    back = from_parquet(to_parquet(["k2", "k0", "k1"], np.array([1, 0, 3]), probs))
+    np.testing.assert_array_equal(back.probs, probs)
+    assert list(back.keys) == ["k2", "k0", "k1"] and list(back.labels) == [1, 0, 3]
+    store = PosteriorStore(str(tmp_path), "val-x")
+    assert store.missing("m", 40, [DENSE, MULTICROP], [0, 1]) == {0: (DENSE, MULTICROP), 1: (DENSE, MULTICROP)}
+    store.write("m", 40, DENSE, 0, ["k2", "k0", "k1"], np.array([1, 0, 3]), probs)
+    store.write("m", 40, DENSE, 1, ["k3"], np.array([2]), probs[:1])
+    assert store.missing("m", 40, [DENSE, MULTICROP], [0, 1]) == {0: (MULTICROP,), 1: (MULTICROP,)}
+    assert PosteriorStore(str(tmp_path), "val-x").missing("m", 40, [DENSE], [0, 1]) == {}  # found by a new reader
+    got = store.read("m", 40, DENSE, [0, 1])
+    assert list(got.keys) == ["k0", "k1", "k2", "k3"]  # key order, whatever the shard order
+    np.testing.assert_array_equal(got.probs[0], probs[1])
+    manifest = load_manifest(prepared_shards)
+    assert data_id(manifest, "val") != data_id(manifest, "val", limit=4) != data_id(manifest, "train")
+    assert shard_limits([5, 5, 5], 7) == [5, 2, 0] and shard_limits([5, 5], None) == [5, 5]
