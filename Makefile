@@ -8,7 +8,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test env clean
+.PHONY: demo demo-cluster test env clean
 
 env: $(STAMP)
 
@@ -23,7 +23,11 @@ $(CHECKOV_STAMP): infra/requirements-checkov.txt
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m vgg.summary
+	$(PY) -m demo
+
+# The same job as a cluster user runs it, on one machine: loopback S3, a Ray head, an MLflow server, ray job submit.
+demo-cluster: $(STAMP)
+	$(PY) -m demo --cluster
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

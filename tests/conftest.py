@@ -182,13 +182,15 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-def start_mlflow_server(root: Path) -> MlflowServer:
-    """``mlflow server`` on a free loopback port with a sqlite store and local artifacts under ``root``."""
+def start_mlflow_server(root: Path, backend_store_uri: str | None = None) -> MlflowServer:
+    """``mlflow server`` on a free loopback port over ``backend_store_uri`` (default: a new sqlite store under
+    ``root``), new artifacts under ``root``."""
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
+         "--backend-store-uri", store, "--artifacts-destination", str(root / "artifacts")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     server = MlflowServer(f"http://127.0.0.1:{port}", proc)
     import urllib.request
