@@ -138,22 +138,23 @@ def decode_rows(image: Image.Image, buf: bytes | bytearray | memoryview, rows: i
     return pixels.permute(2, 0, 1)
 
 
-def decode_for_crop(data: Encoded, reduce: int, h: int, out_rows: int, index: int = 0,
+def decode_for_crop(data: Encoded, reduce: int, height: int, h: int, out_rows: int, index: int = 0,
                     keys: Sequence[str] | None = None) -> tuple[torch.Tensor, float]:
-    """``decode``, but only the rows that the first ``out_rows`` rows of an h-row rescale need where that pays off;
-    (C, H', W') uint8 with C = 3, or 4 (a padding channel after RGB), H' >= those rows; and the reduction applied."""
+    """``decode``, but only the rows that the first ``out_rows`` rows of an h-row rescale of this ``height``-row image
+    need, where that pays off: (C, H', W') uint8 with C = 3, or 4 (RGB + padding), H' >= those rows; the reduction."""
     buf = as_buffer(data)
-    if bytes(buf[:2]) == b"\xff\xd8":
-        image = open_image(data, index, keys)
-        if image.format == "JPEG" and image.mode == "RGB" and len(image.tile) == 1:
-            height = image.height
-            factor = draft(image, reduce)
-            rows = rows_needed(height / factor, h, out_rows, image.height)
-            # A drafted image goes through PIL either way: then the partial decode is never worse.
-            if factor > 1 or rows <= PARTIAL_DECODE_MAX * image.height or decode_jpeg is None:
-                pixels = decode_rows(image, buf, rows)
-                if pixels is not None:
-                    return pixels, factor
+    if bytes(buf[:2]) != b"\xff\xd8":
+        return decode(data, reduce, index, keys)
+    most = rows_needed(height, h, out_rows, height) > PARTIAL_DECODE_MAX * height
+    if reduce == 1 and decode_jpeg is not None and most:
+        return decode(data, reduce, index, keys)  # most rows needed: the faster whole decode, no PIL header parse
+    image = open_image(data, index, keys)
+    if image.format == "JPEG" and image.mode == "RGB" and len(image.tile) == 1:
+        factor = draft(image, reduce)
+        # A drafted image goes through PIL either way: there the partial decode is never slower.
+        pixels = decode_rows(image, buf, rows_needed(height / factor, h, out_rows, image.height))
+        if pixels is not None:
+            return pixels, factor
     return decode(data, reduce, index, keys)
 
 
@@ -162,10 +163,18 @@ def resample_top_left(image: torch.Tensor, span_h: float, span_w: float, h: int,
     """Rows [0, rows) x columns [0, cols) of ``image`` (spanning span_h x span_w of its pixels) rescaled to h x w."""
     y1 = rows_needed(span_h, h, rows, image.shape[-2])
     x1 = rows_needed(span_w, w, cols, image.shape[-1])
+    # torch's uint8 kernel skips an axis whose input and output sizes are equal, whatever the scale: a slight
+    # upscale (S just above the shorter side) whose window happens to be as long as its output would come back
+    # unscaled. Make the sizes differ -- one more input pixel, or one more output pixel at the image's edge.
+    out_rows, out_cols = rows, cols
+    if y1 == rows and span_h != h:
+        y1, out_rows = (y1 + 1, rows) if y1 < image.shape[-2] else (y1, rows + 1)
+    if x1 == cols and span_w != w:
+        x1, out_cols = (x1 + 1, cols) if x1 < image.shape[-1] else (x1, cols + 1)
     # Channels-last (HWC in memory) is the layout torch's uint8 kernel is vectorised for: ~1.5x faster than CHW,
     # including this copy of the region.
     region = image[None, :, :y1, :x1].contiguous(memory_format=torch.channels_last)
-    return _resample_aa(region, [rows, cols], False, h / span_h, w / span_w)[0]
+    return _resample_aa(region, [out_rows, out_cols], False, h / span_h, w / span_w)[0, :, :rows, :cols]
 
 
 def normalise_batch(images: torch.Tensor, offsets: np.ndarray, inv_std: torch.Tensor | None,
@@ -190,6 +199,9 @@ class CpuTrainDecoder:
     """The training transform on the CPU (see the module docstring); output on ``device``."""
 
     backend = "cpu"
+    # No state is shared between calls (buffers are per call), and libjpeg, PIL's decoder and torch's kernels release
+    # the GIL: Ray Data's prefetch threads may decode batches concurrently, one core each (pipeline.loader).
+    thread_safe = True
 
     def __init__(self, *, crop: int, mean: ArrayLike, eigval: ArrayLike, eigvec: ArrayLike,
                  std: ArrayLike | None = None, device: torch.device = torch.device("cpu")) -> None:
@@ -214,7 +226,8 @@ class CpuTrainDecoder:
         for i, (data, p) in enumerate(zip(images, params)):
             height, width = image_size(data, i, keys)
             h, w = check_params(height, width, p, c, i, keys)
-            pixels, factor = decode_for_crop(data, dct_reduction(min(height / h, width / w)), h, p.top + c, i, keys)
+            reduce = dct_reduction(min(height / h, width / w))
+            pixels, factor = decode_for_crop(data, reduce, height, h, p.top + c, i, keys)
             window = resample_top_left(pixels, height / factor, width / factor, h, w, p.top + c, p.left + c)
             window = window[:3, p.top :, p.left :].numpy()
             # numpy's strided copy (HWC window -> CHW, flip fused) is ~2x torch's here.
@@ -234,6 +247,7 @@ class CpuEvalDecoder:
     """The test transform on the CPU: shorter side to Q (whole image), mean [and std] removed; output on ``device``."""
 
     backend = "cpu"
+    thread_safe = True
 
     def __init__(self, *, mean: ArrayLike, std: ArrayLike | None = None,
                  device: torch.device = torch.device("cpu")) -> None:

@@ -151,6 +151,20 @@ def test_eval_sizes_follow_the_reference_rounding(backend):
     assert [tuple(o.shape) for o in eval_decoder(backend)(jpegs, 100)] == [(3, 100, 150), (3, 150, 100)]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size, scale, top, left", [((375, 500), 377, 78, 211), ((500, 375), 377, 211, 78),
+                                                    ((375, 500), 376, 0, 0)])
+def test_slight_upscale_with_a_window_as_long_as_its_output(backend, size, scale, top, left):
+    # S just above the shorter side, and a crop whose window is as many pixels as the rescaled rows/columns it
+    # reaches: a resampler that skips an axis of equal input and output length returns that axis unscaled.
+    rng = np.random.default_rng(6)
+    jpeg = J.encode(J.natural(rng, *size))
+    p = A.AugmentParams(scale, top, left, True, (0.01, -0.02, 0.03))
+    out = train_decoder(backend)([jpeg], [p])
+    mad, p99 = stats(out[0], A.train_reference(J.decode_reference(jpeg), p, CROP, MEAN, EIGVAL, EIGVEC))
+    assert mad < TOL[backend][0] and p99 < TOL[backend][1], f"{mad=:.3f} {p99=:.3f}"
+
+
 # ---- each transform alone --------------------------------------------------------------------------------------
 
 
@@ -238,7 +252,13 @@ def test_decoded_flips_and_offsets_follow_the_params(backend):
 def test_backend_and_device_selection(monkeypatch):
     assert D.resolve_device(None) == D.resolve_device("auto")
     assert D.resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert D.resolve_backend("auto") == ("dali" if HAVE_DALI else "cpu")
+    # "auto": DALI only where it runs on a GPU; on a CPU device the CPU backend (the faster one per core).
+    assert D.resolve_backend("auto", "cpu") == "cpu"
+    assert D.make_train_decoder(crop=CROP, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, device="cpu").backend == "cpu"
+    assert D.make_eval_decoder(mean=MEAN, device="cpu").backend == "cpu"
+    assert D.resolve_backend("auto") == ("dali" if HAVE_DALI and torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert D.resolve_backend("auto", "cuda") == ("dali" if HAVE_DALI else "cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         D.resolve_backend("opencv")
     # A machine without DALI: "auto" falls back to the CPU backend, an explicit "dali" says what is missing.
