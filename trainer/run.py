@@ -27,7 +27,7 @@ from pipeline.manifest import Manifest, ManifestError, load_manifest
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
-from trainer.loop import JobInfo, make_model, train_loop
+from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
 from trainer.tracking import MODEL_URI_TAG, PARENT_TAG, Tracker
 from vgg.card import load_model
 
@@ -225,7 +225,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
             storage_path=storage_uri.removeprefix("s3://") if fs is not None else storage_uri,
             storage_filesystem=fs,
             failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute="val_top1",
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max"),
         ),
         datasets=datasets(cfg, manifest, start_epoch),

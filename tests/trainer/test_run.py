@@ -163,3 +163,14 @@ def test_help_documents_every_flag(capsys):
                  "--momentum", "--weight-decay", "--dropout", "--workers", "--gpu", "--storage", "--name",
                  "--init-from", "--seed", "--smoke", "--tracking-uri", "--experiment", "--micro-batch"):
         assert flag in text, flag
+
+
+def test_retention_keeps_the_best_checkpoint_through_ties(prepared_shards, ray_local, tmp_path, capsys):
+    # An LR too small to change a prediction: every epoch ties the first on validation top-1. The run's best model is
+    # the first checkpoint to reach that score, so retention (3 kept) must not delete it for a later, equal one.
+    assert main(args(prepared_shards, tmp_path, "ties", "--epochs", "5", "--lr", "1e-12", "--patience", "10")) == 0
+    uri, state = ckpt.find_latest(str(tmp_path / "runs"), "ties")
+    assert state.epoch == 5 and len({h["val_top1"] for h in state.history}) == 1
+    assert state.best_checkpoint.endswith("checkpoint_e001_s00000003")
+    assert Path(state.best_checkpoint, "model.pt").exists()
+    assert "done: ties after 5 epochs" in capsys.readouterr().out
