@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # accuracy the tests check.
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 import jpeg_samples  # noqa: E402
+from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 from pipeline.decode import dali_importable, make_train_decoder  # noqa: E402
 from vgg.augment import sample_params, seed_for  # noqa: E402
@@ -184,14 +184,6 @@ def gpu_figure(data: dict, rounds: int) -> dict:
             "num_threads": decoder.num_threads}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark, print the table, write the JSON; returns the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -247,9 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\ntarget ours_cpu >= 3.0x torchvision_baseline per core on ImageNet-like JPEGs: "
           f"{'met' if result['target']['met'] else 'NOT met'} ({ratio:.2f}x)")
     if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out_path}")
+        write_results(out_path, result)
     return result
 
 

@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 import jpeg_samples  # noqa: E402
 
-from evaluation.methods import DENSE, MULTICROP, dense_posteriors, evaluate_batch  # noqa: E402
+from evaluation.methods import DENSE, MULTICROP, evaluate_batch  # noqa: E402
 from evaluation.shard import evaluate_images, for_inference  # noqa: E402
 from pipeline.decode import make_eval_decoder  # noqa: E402
 from vgg.model import VGG, build  # noqa: E402
