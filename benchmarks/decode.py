@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # One generator of test images for the parity tests and this benchmark: the speed is measured on the images whose
 # accuracy the tests check.
 sys.path.insert(0, str(ROOT / "tests" / "support"))
-import jpeg_samples  # noqa: E402
+import imagenet_like as I  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 from pipeline.decode import dali_importable, make_train_decoder  # noqa: E402
@@ -59,25 +59,20 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 
 CROP, SMIN, SMAX = 224, 256, 512
 BATCH = 32  # images per decoder call: a Ray Data batch on one core
-# ImageNet statistics on the 0-255 scale (mean, std, and AlexNet's PCA of the RGB covariance).
-MEAN = np.array([123.675, 116.28, 103.53])
-STD = np.array([58.395, 57.12, 57.375])
-EIGVAL = np.array([55.46, 4.794, 1.148])
-EIGVEC = np.array([[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]])
+MEAN, STD, EIGVAL, EIGVEC = (np.array(v) for v in (I.MEAN, I.STD, I.EIGVAL, I.EIGVEC))
 RESULTS = ROOT / "benchmarks" / "results" / "decode_cpu.json"
 
 
-# Decode time follows the entropy-coded bytes, so the sets are calibrated by bytes per pixel at quality 90.
-# ImageNet's training JPEGs average ~110 KB at ~470x390 (~0.6 B/px): the ImageNet-like set matches that. Large
-# camera photos carry less detail per pixel (~0.3-0.4 B/px at 2000x1500).
-DETAIL = {"imagenet_like": {"texture": 100.0, "noise": 14.0}, "large": {"texture": 40.0, "noise": 8.0}}
+# Bytes per pixel at quality 90: ImageNet's (imagenet_like.DETAIL, ~0.6 B/px); large camera photos carry less detail
+# per pixel (~0.3-0.4 B/px at 2000x1500).
+DETAIL = {"imagenet_like": I.DETAIL, "large": {"texture": 40.0, "noise": 8.0}}
 
 
 def make_set(name: str, count: int, shapes: list[tuple[int, int]], seed: int) -> dict:
     """JPEG bytes (quality 90, detail as DETAIL[name]) plus the params the loader would draw for each."""
     rng = np.random.default_rng(seed)
     sizes = [shapes[i % len(shapes)] for i in range(count)]
-    jpegs = [jpeg_samples.encode(jpeg_samples.natural(rng, h, w, **DETAIL[name])) for h, w in sizes]
+    jpegs = [I.jpeg(rng, h, w, DETAIL[name]) for h, w in sizes]
     params = [sample_params(np.random.default_rng(seed_for(seed, 0, f"{name}{i}")), h, w, SMIN, SMAX, CROP)
               for i, (h, w) in enumerate(sizes)]
     return {"jpegs": jpegs, "params": params, "sizes": sizes}
@@ -196,8 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     small_n, large_n, rounds = (16, 3, 2) if args.quick else (200, 30, 7)
     t0 = time.perf_counter()
     sets = {
-        "imagenet_like": make_set("imagenet_like", small_n,
-                                  [(375, 500), (500, 375), (375, 500), (333, 500), (500, 400)], seed=0),
+        "imagenet_like": make_set("imagenet_like", small_n, I.SHAPES, seed=0),
         "large": make_set("large", large_n, [(1500, 2000), (2000, 1500)], seed=1),
     }
     print(f"generated {small_n} + {large_n} JPEGs in {time.perf_counter() - t0:.1f} s")

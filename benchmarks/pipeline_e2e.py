@@ -54,19 +54,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
-import jpeg_samples  # noqa: E402
+import imagenet_like as I  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 CROP, SMIN, SMAX, BATCH = 224, 256, 512, 32
-# ImageNet statistics on the 0-255 scale (as benchmarks/decode.py): mean, std, AlexNet's PCA of the RGB covariance.
-MEAN = [123.675, 116.28, 103.53]
-STD = [58.395, 57.12, 57.375]
-EIGVAL = [55.46, 4.794, 1.148]
-EIGVEC = [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
-SHAPES = [(375, 500), (500, 375), (375, 500), (333, 500), (500, 400)]  # ImageNet-like, as benchmarks/decode.py
-DETAIL = {"texture": 100.0, "noise": 14.0}  # ~0.6 B/px at quality 90, ImageNet's average
 RESULTS = ROOT / "benchmarks" / "results" / "pipeline_e2e.json"
 BUCKET = "bench"
 
@@ -77,7 +70,7 @@ BUCKET = "bench"
 def _write_image(job: tuple[str, int, int, int]) -> int:
     path, seed, h, w = job
     rng = np.random.default_rng(seed)
-    data = jpeg_samples.encode(jpeg_samples.natural(rng, h, w, **DETAIL), quality=90)
+    data = I.jpeg(rng, h, w)
     Path(path).write_bytes(data)
     return len(data)
 
@@ -91,7 +84,7 @@ def make_image_folder(root: Path, images: int, classes: int) -> dict:
     for i in range(images):
         wnid = f"n{10000000 + i % classes:08d}"
         (root / "train" / wnid).mkdir(parents=True, exist_ok=True)
-        jobs.append((str(root / "train" / wnid / f"{wnid}_{i}.JPEG"), i, *SHAPES[i % len(SHAPES)]))
+        jobs.append((str(root / "train" / wnid / f"{wnid}_{i}.JPEG"), i, *I.SHAPES[i % len(I.SHAPES)]))
     t0 = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(os.cpu_count() or 1) as pool:
         sizes = pool.map(_write_image, jobs, chunksize=16)
@@ -145,7 +138,8 @@ def ray_worker_loop(config: dict) -> None:
                 TimedCollate.cpu_s += time.thread_time() - t  # a float add under the GIL: exact enough here
 
     torch.set_num_threads(1)  # one core per decoding thread: Ray Data runs `prefetch` collate threads
-    decoder = make_train_decoder("auto", crop=CROP, mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, std=STD, device="cpu")
+    decoder = make_train_decoder("auto", crop=CROP, mean=I.MEAN, eigval=I.EIGVAL, eigvec=I.EIGVEC, std=I.STD,
+                                 device="cpu")
     augment = TrainAugment(SMIN, SMAX, CROP)
     shard = ray.train.get_dataset_shard(TRAIN)
     rates, counts, cpu = [], [], []
@@ -211,22 +205,15 @@ def summarise(rates: list[dict], counts: list[int]) -> dict:
 # ---- baseline: DataLoader over ImageFolder -----------------------------------------------------------------------
 
 
-def torchvision_transform():
-    """torchvision's recipe on PIL images: shorter side to S ~ U[256, 512], RandomCrop, flip, to float, Normalize."""
-    import torchvision.transforms.v2 as T
-
-    return T.Compose([T.RandomResize(SMIN, SMAX + 1, antialias=True), T.RandomCrop(CROP), T.RandomHorizontalFlip(),
-                      T.PILToTensor(), T.ToDtype(torch.float32), T.Normalize(MEAN, STD)])
-
-
 def run_dataloader(root: Path, args: argparse.Namespace) -> dict:
     """DataLoader(ImageFolder) with 2 worker processes: a warm-up epoch then ``args.epochs`` timed ones."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
     torch.set_num_threads(1)
-    loader = DataLoader(ImageFolder(str(root / "train"), transform=torchvision_transform()), batch_size=BATCH,
-                        shuffle=True, num_workers=args.loader_workers, persistent_workers=True)
+    dataset = ImageFolder(str(root / "train"), transform=I.torchvision_recipe(SMIN, SMAX, CROP))
+    loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=args.loader_workers,
+                        persistent_workers=True)
     rates, counts = [], []
     for epoch in range(1 + args.epochs):
         n, t0 = 0, time.perf_counter()
@@ -310,8 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "setup": {
             "images": data["images"], "classes": data["classes"], "mean_jpeg_kb": data["mean_jpeg_kb"],
-            "bytes_per_pixel": data["bytes_per_pixel"], "jpeg_quality": 90, "shapes": SHAPES, "batch": BATCH,
-            "crop": CROP, "S": [SMIN, SMAX], "timed_epochs_per_run": args.epochs, "runs": args.runs,
+            "bytes_per_pixel": data["bytes_per_pixel"], "jpeg_quality": I.QUALITY, "shapes": I.SHAPES,
+            "batch": BATCH, "crop": CROP, "S": [SMIN, SMAX], "timed_epochs_per_run": args.epochs, "runs": args.runs,
             "statistic": "images per wall second at the consumer, after a warm-up epoch: over whole epochs (from "
                          "asking for the first batch), and steady state (from the first batch to the last)",
             "ray": {"logical_cpus": args.ray_cpus, "train_workers": 1, "worker_cpus": args.worker_cpus,

@@ -1,6 +1,6 @@
 """Training throughput: images/s, data-wait fraction and MFU of the training step, with the data paths side by side.
 
-    python benchmarks/train_throughput.py           # ~5 minutes on 2 CPU cores (not yet timed on a GPU)
+    python benchmarks/train_throughput.py           # ~1 minute on 2 CPU cores (not yet timed on a GPU)
     python benchmarks/train_throughput.py --quick   # smoke run of both parts; writes JSON only with --json PATH
 
 Writes benchmarks/results/train_throughput_{cpu,cuda}.json and prints two tables.
@@ -56,7 +56,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
-import jpeg_samples  # noqa: E402
+import imagenet_like as I  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 from pipeline.decode import make_train_decoder  # noqa: E402
@@ -71,11 +71,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 # Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets, by device-name fragment.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
                     "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
-# ImageNet's mean RGB and PCA (AlexNet's eigen-decomposition, 0-255 scale): only the cost matters here.
-MEAN = (123.68, 116.78, 103.94)
-EIGVAL = tuple(255 * v for v in (0.2175, 0.0188, 0.0045))
-EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
-SHAPES = [(375, 500), (500, 375), (333, 500), (500, 333)]
 
 
 # ---- part 1: the smoke job --------------------------------------------------------------------------------------
@@ -125,11 +120,8 @@ def settings(cuda: bool, quick: bool) -> dict:
 def jpeg_set(count: int, seed: int = 0) -> list[tuple[bytes, int, int]]:
     """ImageNet-like JPEGs, held in host memory: (bytes, height, width)."""
     rng = np.random.default_rng(seed)
-    out = []
-    for i in range(count):
-        h, w = SHAPES[i % len(SHAPES)]
-        out.append((jpeg_samples.encode(jpeg_samples.natural(rng, h, w)), h, w))
-    return out
+    shapes = [I.SHAPES[i % len(I.SHAPES)] for i in range(count)]
+    return [(I.jpeg(rng, h, w), h, w) for h, w in shapes]
 
 
 def scales(crop: int) -> tuple[int, int]:
@@ -188,12 +180,8 @@ class JpegFolder(torch.utils.data.Dataset):
 
 def torchvision_feed(s: dict, device: torch.device, images: list,
                      workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    import torchvision.transforms.v2 as T
-
-    smin, smax = scales(s["crop"])
-    transform = T.Compose([T.RandomResize(smin, smax + 1, antialias=True), T.RandomCrop(s["crop"]),
-                           T.RandomHorizontalFlip(), T.PILToTensor(), T.ToDtype(torch.float32),
-                           T.Normalize(MEAN, (1.0, 1.0, 1.0))])
+    # Mean removed, no std division: what ``ours`` does (the paper's preprocessing).
+    transform = I.torchvision_recipe(*scales(s["crop"]), s["crop"], std=(1.0, 1.0, 1.0))
     loader = torch.utils.data.DataLoader(JpegFolder(images, transform, s["classes"]), batch_size=s["batch"],
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=True, drop_last=True)
@@ -242,7 +230,7 @@ def step_part(s: dict, device: torch.device, workers: int, given_peak: float | N
     images = jpeg_set(s["images"])
     peak = peak_tflops(device, given_peak)
     # pipeline.decode's default for this device: DALI on a GPU, the CPU backend on a CPU.
-    decoder = make_train_decoder(crop=s["crop"], mean=MEAN, eigval=EIGVAL, eigvec=EIGVEC, device=device,
+    decoder = make_train_decoder(crop=s["crop"], mean=I.MEAN, eigval=I.EIGVAL, eigvec=I.EIGVEC, device=device,
                                  batch_size=s["batch"])
     feeds = {"synthetic": lambda: synthetic_feed(s, device),
              "ours": lambda: ours_feed(s, decoder, images),
