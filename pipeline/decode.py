@@ -17,14 +17,15 @@ Backends (one semantics; the reference is ``vgg.augment.train_reference`` / ``ev
   GPU, the batch handed to torch on that device through DLPack (no host copy); on the CPU the same graph on DALI's CPU
   operators. The JPEG bytes and per-image parameters come in through ``fn.external_source``: sharding, shuffling and
   epochs stay with Ray Data.
-- ``"cpu"`` (``pipeline.decode_cpu``): libjpeg-turbo through torchvision / PIL and torch's uint8 resampling; needs no
-  DALI. With a CUDA device it ships the uint8 crops and does the float ops there.
+- ``"cpu"`` (``pipeline.decode_cpu``): libjpeg-turbo (our window decode, else torchvision / PIL) and torch's uint8
+  resampling; needs no DALI. With a CUDA device it ships the uint8 crops and does the float ops there.
 - ``"auto"``: DALI on a CUDA device when DALI imports; the CPU backend on a CPU device, or without DALI. On a CPU
-  the CPU backend is the faster of the two per core (benchmarks/decode.py, four runs: 2.6-2.9x the torchvision
-  recipe vs DALI CPU's 1.7-2.4x on ImageNet-like JPEGs). ``device=None`` or ``"auto"``: CUDA when available, else CPU.
+  the CPU backend is the faster of the two per core (benchmarks/decode.py, four runs: 3.2-3.7x the torchvision
+  recipe vs DALI CPU's 1.7-2.2x on ImageNet-like JPEGs). ``device=None`` or ``"auto"``: CUDA when available, else CPU.
 
-Both backends decode only what a crop needs (DALI: a ROI decode of the window; CPU: the rows down to the window's
-bottom edge, and libjpeg's DCT-domain 1/2, 1/4, 1/8 downscale when the window is at least twice the crop) and
+Both backends decode only what a crop needs (DALI: a ROI decode of the window; CPU: the window's rows and columns
+through libjpeg-turbo's scanline cropping and skipping, and libjpeg's DCT-domain 1/2, 1/4, 1/8 downscale when the
+window is at least twice the crop) and
 resample the window on the reference's own pixel grid with the reference's filter (antialiased bilinear), so they
 match the reference closely; tests/pipeline/test_decode.py states the tolerances. Images are decoded as stored (EXIF
 orientation is ignored, as PIL does for the reference).

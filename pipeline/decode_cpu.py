@@ -2,19 +2,25 @@
 
 Per image, single-threaded (the data pipeline runs one decoder per core):
 
-1. Decode. The crop's window only needs the image's top rows (see 2.), so when those are clearly fewer than all
-   (``PARTIAL_DECODE_MAX``), libjpeg-turbo is driven through PIL's JPEG decoder for just those rows and stopped: the
-   rows below are neither entropy-decoded nor transformed (the largest saving on ImageNet-sized photos). Otherwise
-   ``torchvision.io.decode_jpeg`` decodes the whole image (libjpeg-turbo straight into a tensor, ~15% faster per row
-   than PIL). When the window is at least twice the crop in both directions (large photos), PIL's ``draft`` makes
-   libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT domain, for a fraction of the decode time, and the residual
-   downscale stays >= 1x. Non-JPEG and non-RGB files, and torchvision versions without image codecs, go through PIL.
+1. Decode only the crop's window. ``pipeline._jpegwindow`` (a small C extension over the system's libjpeg-turbo,
+   built at install time) decodes the rows and columns that the crop's resample reads: libjpeg-turbo's
+   ``jpeg_crop_scanline`` limits the inverse DCT, upsampling and colour conversion to the window's columns,
+   ``jpeg_skip_scanlines`` skips them for the rows above it (entropy decoding only), and the decode stops after its
+   bottom row. The pixels equal a whole decode's (tests/pipeline/test_jpegwindow.py); on ImageNet-sized photos this
+   decodes ~15-60% of the pixels. When the window is at least twice the crop in both directions (large photos),
+   libjpeg also downscales by 1/2, 1/4 or 1/8 in the DCT domain, for a fraction of the decode time, and the residual
+   downscale stays >= 1x. Where the extension is not built, or does not apply (CMYK, corrupt data), the fallback
+   decodes whole rows: just the top rows down to the window through PIL's JPEG decoder when those are clearly fewer
+   than all (``PARTIAL_DECODE_MAX``), else the whole image with ``torchvision.io.decode_jpeg`` (~15% faster per row
+   than PIL), with PIL's ``draft`` for the DCT downscale. Non-JPEG and non-RGB files, and torchvision versions
+   without image codecs, go through PIL.
 2. Resample onto the reference's own pixel grid. The reference rescales the whole image to S and crops; torch's
    resampler puts output pixel i at input (i + 0.5) * scale - 0.5, so an input starting at pixel 0 is the only way to
    land on that grid exactly (a window starting mid-image would be off by a fraction of a pixel). So only the top-left
    part of the image that reaches the crop's far corner is resampled, with the reference's scale factor and filter
-   (antialiased bilinear), and the crop is sliced out. Rounding to uint8 is then the only difference from the
-   reference (plus the DCT downscale, where used).
+   (antialiased bilinear), and the crop is sliced out. The pixels above and left of the decoded window are left
+   unset: they only feed output pixels outside the crop, which are discarded. Rounding to uint8 is then the only
+   difference from the reference (plus the DCT downscale, where used).
 3. Per image, while the crop is in cache: HWC -> CHW (flipped if drawn so) as uint8, then -- on a CPU device --
    float, + (PCA colour shift - mean), [* 1/std] in place in the batch. With a CUDA device the uint8 crops travel
    (a quarter of the bytes) and the float ops run there.
@@ -44,6 +50,11 @@ from pipeline.decode import (
 from vgg.augment import AugmentParams, rescaled_size
 
 try:
+    from pipeline._jpegwindow import decode_window
+except ImportError:  # built at install time where libjpeg-turbo's development files are present
+    decode_window = None
+
+try:
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:  # torchvision is moving its codecs to TorchCodec; PIL covers the gap
     decode_jpeg = None
@@ -61,6 +72,7 @@ DCT_REDUCTIONS = (8, 4, 2)  # what libjpeg's scaled IDCT offers through PIL's dr
 # Decode only the top rows when they are at most this fraction of the image. PIL's route into libjpeg costs ~15% more
 # per row than torchvision's (1.43 vs 1.23 ms for a whole 375x500 JPEG at quality 90), so it pays below ~0.85.
 PARTIAL_DECODE_MAX = 0.8
+WINDOW_MARGIN = 2  # columns pipeline._jpegwindow decodes beyond each side of a window (see its source)
 
 
 def dct_reduction(downscale: float) -> int:
@@ -138,13 +150,43 @@ def decode_rows(image: Image.Image, buf: bytes | bytearray | memoryview, rows: i
     return pixels.permute(2, 0, 1)
 
 
-def decode_for_crop(data: Encoded, reduce: int, height: int, h: int, out_rows: int, index: int = 0,
-                    keys: Sequence[str] | None = None) -> tuple[torch.Tensor, float]:
-    """``decode``, but only the rows that the first ``out_rows`` rows of an h-row rescale of this ``height``-row image
-    need, where that pays off: (C, H', W') uint8 with C = 3, or 4 (RGB + padding), H' >= those rows; the reduction."""
+def first_needed(span: float, h: int, first: int) -> int:
+    """The first input row (of ``span`` pixels rescaled to h rows) that output rows ``first`` onwards read."""
+    s = span / h
+    # Output row i reads from its centre (i + 0.5) * s less the filter's reach max(s, 1); one more row to spare.
+    return max(0, math.floor(first * s - max(s, 1.0)) - 1)
+
+
+def decode_window_for_crop(buf: bytes | bytearray | memoryview, reduce: int, height: int, width: int, h: int, w: int,
+                           top: int, left: int, crop: int) -> tuple[torch.Tensor, float] | None:
+    """The rows and columns of a JPEG that a crop of its h x w rescale reads, decoded by ``pipeline._jpegwindow`` at
+    1/``reduce`` and placed at their own coordinates in a (3, y1, x1') uint8 HWC-in-memory tensor whose other pixels
+    are left unset; and the reduction. None where that path does not apply (the caller decodes more)."""
+    rows, cols = -(-height // reduce), -(-width // reduce)  # libjpeg's scaled size
+    factor = width / cols
+    span_h, span_w = height / factor, width / factor
+    y0, y1 = first_needed(span_h, h, top), rows_needed(span_h, h, top + crop, rows)
+    x0, x1 = first_needed(span_w, w, left), rows_needed(span_w, w, left + crop, cols)
+    out = torch.empty((y1, min(x1 + WINDOW_MARGIN, cols), 3), dtype=torch.uint8)
+    done = decode_window(buf, out.numpy(), reduce, x0, y0, x1, y1)
+    if done is None or done[1] != cols:
+        return None
+    return out.permute(2, 0, 1), factor
+
+
+def decode_for_crop(data: Encoded, reduce: int, height: int, width: int, h: int, w: int, top: int, left: int,
+                    crop: int, index: int = 0, keys: Sequence[str] | None = None) -> tuple[torch.Tensor, float]:
+    """``decode``, but only what the crop at (top, left) of an h x w rescale of this height x width image reads, as
+    far as the available decoder allows: (C, H', W') uint8 with C = 3, or 4 (RGB + padding), covering at least the
+    rows and columns the crop reads (see ``rows_needed``, ``first_needed``); and the reduction applied."""
     buf = as_buffer(data)
     if bytes(buf[:2]) != b"\xff\xd8":
         return decode(data, reduce, index, keys)
+    if decode_window is not None:
+        window = decode_window_for_crop(buf, reduce, height, width, h, w, top, left, crop)
+        if window is not None:
+            return window
+    out_rows = top + crop
     most = rows_needed(height, h, out_rows, height) > PARTIAL_DECODE_MAX * height
     if reduce == 1 and decode_jpeg is not None and most:
         return decode(data, reduce, index, keys)  # most rows needed: the faster whole decode, no PIL header parse
@@ -227,7 +269,7 @@ class CpuTrainDecoder:
             height, width = image_size(data, i, keys)
             h, w = check_params(height, width, p, c, i, keys)
             reduce = dct_reduction(min(height / h, width / w))
-            pixels, factor = decode_for_crop(data, reduce, height, h, p.top + c, i, keys)
+            pixels, factor = decode_for_crop(data, reduce, height, width, h, w, p.top, p.left, c, i, keys)
             window = resample_top_left(pixels, height / factor, width / factor, h, w, p.top + c, p.left + c)
             window = window[:3, p.top :, p.left :].numpy()
             # numpy's strided copy (HWC window -> CHW, flip fused) is ~2x torch's here.
