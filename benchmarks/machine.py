@@ -22,4 +22,5 @@ def write_results(path: Path, result: dict) -> None:
     """Write a benchmark's results as indented JSON (making the folder) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path}")
+    path = path.resolve()
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
