@@ -196,14 +196,14 @@ def main(argv: list[str] | None = None) -> dict:
         "imagenet_like": make_set("imagenet_like", small_n, I.SHAPES, seed=0),
         "large": make_set("large", large_n, [(1500, 2000), (2000, 1500)], seed=1),
     }
-    print(f"generated {small_n} + {large_n} JPEGs in {time.perf_counter() - t0:.1f} s; ours_cpu decodes with "
-          f"{_window_decode()}")
+    window = _window_decode()
+    print(f"generated {small_n} + {large_n} JPEGs in {time.perf_counter() - t0:.1f} s; ours_cpu decodes with {window}")
     fns = methods()
     result = {
         "command": "python benchmarks/decode.py" + (" --quick" if args.quick else ""),
         "machine": {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "pillow": Image.__version__, "dali": _dali_version(), "window_decode": _window_decode()},
+                     "pillow": Image.__version__, "dali": _dali_version(), "window_decode": window},
         "settings": {"threads": 1, "rounds": rounds, "decoder_batch": BATCH, "crop": CROP, "S": [SMIN, SMAX],
                      "jpeg_quality": 90, "statistic": "median over rounds of images per CPU-second (= per core)"},
         "sets": {},

@@ -15,6 +15,9 @@
  *            (output_width = ceil(width / reduce))
  *   x0..x1, y0..y1   the window the caller needs; xoffset <= x0 is where libjpeg's column alignment starts it
  *
+ * MARGIN (a module constant): columns decoded beyond each side of the window, so the stride must be at least
+ * min(x1 + MARGIN, output_width).
+ *
  * Returns None, having written nothing the caller may use, where this path does not apply or cannot be trusted: not
  * a 1- or 3-component JPEG (CMYK goes elsewhere), a window outside the image or wider than the stride, any libjpeg
  * warning (corrupt or truncated data) or error. The caller then decodes the whole image, whose decoder decides
@@ -135,6 +138,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__jpegwindow(void) {
     PyObject *m = PyModule_Create(&module);
+    if (m != NULL) PyModule_AddIntConstant(m, "MARGIN", MARGIN);
 #ifdef LIBJPEG_TURBO_VERSION_NUMBER
     if (m != NULL) PyModule_AddIntConstant(m, "LIBJPEG_TURBO_VERSION_NUMBER", LIBJPEG_TURBO_VERSION_NUMBER);
 #endif

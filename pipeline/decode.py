@@ -25,10 +25,9 @@ Backends (one semantics; the reference is ``vgg.augment.train_reference`` / ``ev
 
 Both backends decode only what a crop needs (DALI: a ROI decode of the window; CPU: the window's rows and columns
 through libjpeg-turbo's scanline cropping and skipping, and libjpeg's DCT-domain 1/2, 1/4, 1/8 downscale when the
-window is at least twice the crop) and
-resample the window on the reference's own pixel grid with the reference's filter (antialiased bilinear), so they
-match the reference closely; tests/pipeline/test_decode.py states the tolerances. Images are decoded as stored (EXIF
-orientation is ignored, as PIL does for the reference).
+window is at least twice the crop) and resample the window on the reference's own pixel grid with the reference's
+filter (antialiased bilinear), so they match the reference closely; tests/pipeline/test_decode.py states the
+tolerances. Images are decoded as stored (EXIF orientation is ignored, as PIL does for the reference).
 
 Neither backend changes torch's thread count; the data pipeline parallelises across Ray Data tasks (one core each), so
 set ``torch.set_num_threads`` where the worker process is configured.

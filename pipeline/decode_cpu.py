@@ -50,6 +50,8 @@ from pipeline.decode import (
 from vgg.augment import AugmentParams, rescaled_size
 
 try:
+    # MARGIN: the columns it decodes beyond each side of a window, which the output buffer must hold.
+    from pipeline._jpegwindow import MARGIN as WINDOW_MARGIN
     from pipeline._jpegwindow import decode_window
 except ImportError:  # built at install time where libjpeg-turbo's development files are present
     decode_window = None
@@ -72,7 +74,6 @@ DCT_REDUCTIONS = (8, 4, 2)  # what libjpeg's scaled IDCT offers through PIL's dr
 # Decode only the top rows when they are at most this fraction of the image. PIL's route into libjpeg costs ~15% more
 # per row than torchvision's (1.43 vs 1.23 ms for a whole 375x500 JPEG at quality 90), so it pays below ~0.85.
 PARTIAL_DECODE_MAX = 0.8
-WINDOW_MARGIN = 2  # columns pipeline._jpegwindow decodes beyond each side of a window (see its source)
 
 
 def dct_reduction(downscale: float) -> int:
