@@ -147,7 +147,7 @@ def ray_worker_loop(config: dict) -> None:
         collate = TimedCollate(decoder, augment, seed=0, epoch=epoch)
         TimedCollate.cpu_s, c0 = 0.0, time.process_time()
         n, t0 = 0, time.perf_counter()
-        for images, labels in iter_epoch(shard, batch_size=BATCH, epoch=epoch, seed=0, rank=0, collate_fn=collate,
+        for images, labels, _ in iter_epoch(shard, batch_size=BATCH, epoch=epoch, seed=0, rank=0, collate_fn=collate,
                                          shuffle_buffer=config["shuffle_buffer"],
                                          prefetch_batches=config["prefetch"]):
             if n == 0:

@@ -4,8 +4,15 @@ How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing he
 
 * **Shard order**: ``read_parquet(..., shuffle=FileShuffleConfig(seed, reseed_after_execution=True))`` draws a new
   shard order on every execution of the dataset, i.e. every epoch, seeded by (seed, execution index). The execution
-  index starts at the run's first epoch (``start_epoch``), so a resumed run shuffles epoch e as an uninterrupted run
-  would.
+  index starts at the epoch the run (re)starts from (``start_epoch``), so a resumed run shuffles epoch e as an
+  uninterrupted run would. A split small enough to keep in the object store (``cache=True``) is read once in
+  manifest order and its blocks are reordered each epoch (``randomize_block_order``, seeded the same way).
+* **Determinism**: the same (seed, epoch) gives every worker the same rows in the same order, run after run and
+  after a restart, on the same cluster shape. Three things make it so: reads preserve order (never task completion
+  order, which is what a cached split was materialised in before and what made reruns differ with more than one
+  shard), the split's start epoch is the one the run resumes from (Ray Train calls the dataset factory again when it
+  restarts workers; ``trainer.run`` passes one), and rows are dealt to workers by row count alone, without Ray
+  Data's node-locality hints, which depend on where a read task happened to run.
 * **Split**: Ray Train's ``DataConfig`` hands each worker a ``streaming_split`` of the training set with
   ``equal=True``: every worker gets the same number of rows, so DDP workers take the same number of steps. Rows
   that would make the split uneven (fewer than the number of workers) are *dropped* for that epoch; they differ from
@@ -29,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.data import DataIterator, Dataset, FileShuffleConfig
+from ray.data import DataIterator, Dataset, FileShuffleConfig, RandomSeedConfig
 from ray.train import DataConfig
 
 COLUMNS = ["key", "label", "height", "width", "image"]
@@ -55,12 +62,17 @@ def read_shards(
     shuffle_seed: int | None = None,
     start_epoch: int = 0,
     columns: Sequence[str] = COLUMNS,
+    cache: bool = False,
 ) -> Dataset:
-    """A dataset over Parquet shards; with ``shuffle_seed`` the shard order is redrawn each epoch."""
+    """A dataset over Parquet shards; with ``shuffle_seed`` the order is redrawn each epoch, seeded by (seed, epoch).
+
+    With ``cache`` the rows are read once into Ray's object store (for splits small enough to hold there: each epoch
+    then skips the seconds a read starts with) and reordered by blocks each epoch.
+    """
     if not paths:
         raise ValueError("no shards to read: the manifest lists none for this split")
     shuffle = None
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and not cache:
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
     # read_parquet builds its footer indexer here, in this process, reading the pool size from the environment.
     given = os.environ.get(FOOTER_ACTORS_ENV)
@@ -71,8 +83,15 @@ def read_shards(
         if given is None:
             del os.environ[FOOTER_ACTORS_ENV]
     ds = ds.select_columns(list(columns))
-    # Epoch e of a resumed run must draw the order epoch e of an uninterrupted run drew: Ray Data seeds the file
-    # shuffle with (seed, execution index) and counts executions from 0 per dataset, so start the count at e.
+    if cache:
+        # Materialised in plan order, not in the order read tasks finish: otherwise the cached rows, and with them
+        # every epoch's batches, differ from run to run as soon as there is more than one shard.
+        ds.context.execution_options.preserve_order = True
+        ds = ds.materialize()
+        if shuffle_seed is not None:
+            ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
+    # Epoch e of a resumed run must draw the order epoch e of an uninterrupted run drew: Ray Data seeds the shuffle
+    # with (seed, execution index) and counts executions from 0 per dataset, so start the count at e.
     # (tests/pipeline/test_dataset.py checks that this still holds on the installed Ray.)
     ds.context._execution_idx = start_epoch
     return ds
@@ -92,7 +111,10 @@ class SplitDataConfig(DataConfig):
         """Split the training set equally (DDP needs equal steps) and the others exactly, without drop or pad."""
         equal = {name: name == self._train_name for name in datasets}
         output: list[dict[str, DataIterator]] = [{} for _ in range(world_size)]
-        hints = worker_node_ids if self._enable_shard_locality else None
+        # Locality hints deal blocks by where their read task ran, which differs from run to run; without them the
+        # split is a function of the (ordered) blocks alone. Reading a block from another node costs network, not
+        # correctness: a resumed epoch must skip exactly the rows the interrupted one consumed.
+        hints = None
         for name, ds in datasets.items():
             if ds.name is None:
                 ds.set_name(name)

@@ -48,7 +48,7 @@ class _Locked:
 
 
 class TrainCollate(NumpyBatchCollateFn):
-    """Shard rows -> (images (N, 3, crop, crop) float32, labels (N,) int64) with this epoch's augmentation."""
+    """Shard rows -> (images (N, 3, crop, crop) float32, labels (N,) int64, keys) with this epoch's augmentation."""
 
     def __init__(self, decoder: Any, augment: TrainAugment, *, seed: int, epoch: int) -> None:
         self.decode, self.augment, self.seed, self.epoch = _Locked(decoder), augment, seed, epoch
@@ -62,10 +62,11 @@ class TrainCollate(NumpyBatchCollateFn):
             for key, h, w in zip(batch["key"], batch["height"], batch["width"])
         ]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.decode(list(batch["image"]), self.params(batch), keys=[str(k) for k in batch["key"]])
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+        keys = tuple(str(k) for k in batch["key"])
+        images = self.decode(list(batch["image"]), self.params(batch), keys=list(keys))
         labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64), device=images.device)
-        return images, labels
+        return images, labels, keys
 
 
 class EvalCollate(NumpyBatchCollateFn):

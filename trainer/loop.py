@@ -45,6 +45,7 @@ class JobInfo:
     mlflow_run_id: str | None
     tracking_uri: str | None
     step_delay_s: float = 0.0  # test hook (VERYDEEP_STEP_DELAY_S): lets a test kill a worker mid-epoch
+    keys_log: str | None = None  # test hook (VERYDEEP_KEYS_LOG): a directory where each rank logs the keys it trains on
 
 
 def make_model(cfg: TrainConfig, num_classes: int) -> VGG:
@@ -205,10 +206,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         ddp.train()
         window = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0, "wait": 0.0, "time": 0.0}
         skip, t_last, lr = state.step_in_epoch, time.perf_counter(), sched.lr
-        for i, (images, labels) in enumerate(batches):
+        for i, (images, labels, keys) in enumerate(batches):
             if i < skip:  # resuming mid-epoch: these batches were consumed before the checkpoint
                 t_last = time.perf_counter()
                 continue
+            if info.keys_log:
+                log_keys(info.keys_log, worker.rank, epoch, state.step + 1, keys)
             t_data = time.perf_counter()
             # Dropout masks from (seed, step, rank): a run resumed at any step draws what an uninterrupted one drew.
             torch.manual_seed(derived_seed(cfg.run.seed, "dropout", state.step, worker.rank))
@@ -261,6 +264,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                   + (f", lr {sched.lr:g}" if decision is schedule.Decision.DECAY else "")
                   + (f" ({sched.stop_reason})" if sched.stopped else ""), flush=True)
     tracker.end()
+
+
+def log_keys(directory: str, rank: int, epoch: int, step: int, keys: tuple[str, ...]) -> None:
+    """Append the keys of the batch this rank trains step ``step`` on (a test's proof of exactly-once epochs)."""
+    with open(f"{directory}/rank{rank}.log", "a") as f:
+        f.write(f"{epoch} {step} {' '.join(keys)}\n")
 
 
 def train_step(ddp: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,20 +128,47 @@ def start_ray() -> None:
         ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
 
 
-def datasets(cfg: TrainConfig, manifest: Manifest, start_epoch: int) -> dict[str, Any]:
-    """Ray Data over the train and val shards (train reshuffled each epoch, from ``start_epoch`` on)."""
+@dataclass(frozen=True)
+class SplitSource:
+    """One split's Ray Data dataset, built when Ray Train starts its workers and again whenever it restarts them.
+
+    Ray Train calls a dataset factory on every worker-group start; building the dataset there lets the training
+    split begin at the epoch the run resumes from (read from the run's latest checkpoint, the one Ray Train restores),
+    so that a restart in epoch e reads epoch e in the order an uninterrupted run did. A dataset built once in the
+    driver would restart its epoch count at the driver's start and hand the restarted epoch other rows.
+    """
+
+    uris: tuple[str, ...]
+    seed: int | None  # None: no shuffle (evaluation splits)
+    cap: int | None
+    cache: bool
+    storage_uri: str
+    run_name: str
+
+    def start_epoch(self) -> int:
+        """The epoch the run goes on from: its latest checkpoint's (mid-epoch ones included), else 0."""
+        latest = ckpt.find_latest(self.storage_uri, self.run_name) if self.seed is not None else None
+        return latest[1].epoch if latest else 0
+
+    def __call__(self) -> Any:
+        fs, _ = storage.resolve(self.uris[0])
+        ds = read_shards(list(self.uris), filesystem=fs, shuffle_seed=self.seed, start_epoch=self.start_epoch(),
+                         cache=self.cache)
+        return ds.limit(self.cap) if self.cap is not None else ds
+
+
+def datasets(cfg: TrainConfig, manifest: Manifest) -> dict[str, SplitSource]:
+    """The train and val splits as dataset factories (train reshuffled each epoch, seeded by (seed, epoch))."""
     out = {}
     for split, seed in ((TRAIN, cfg.run.seed), (VAL, None)):
         uris = manifest.shard_uris(split)
         if not uris:
             raise JobError(f"the manifest {cfg.data.data} lists no {split} shards")
-        fs, _ = storage.resolve(uris[0])
-        ds = read_shards(uris, filesystem=fs, shuffle_seed=seed, start_epoch=start_epoch)
         cap = cfg.data.max_train_images if split == TRAIN else cfg.data.max_val_images
-        ds = ds.limit(cap) if cap is not None else ds
         # Each epoch re-executes a streamed dataset, seconds of start-up that dominate on small data.
         size_mb = sum(shard.bytes for shard in manifest.split(split).shards) / 2**20
-        out[split] = ds.materialize() if size_mb <= cfg.data.cache_mb else ds
+        out[split] = SplitSource(tuple(uris), seed, cap, size_mb <= cfg.data.cache_mb,
+                                 absolute_storage(cfg.run.storage), cfg.run_name)
     return out
 
 
@@ -209,7 +236,8 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
                    eigvec=tuple(tuple(map(float, row)) for row in manifest.eigvec), wnids=tuple(manifest.wnids),
                    steps_per_epoch=steps_per_epoch(cfg, manifest), run_dir=ckpt.run_dir(storage_uri, cfg.run_name),
                    mlflow_run_id=tracker.run_id, tracking_uri=tracking,
-                   step_delay_s=float(os.environ.get("VERYDEEP_STEP_DELAY_S", "0") or 0))
+                   step_delay_s=float(os.environ.get("VERYDEEP_STEP_DELAY_S", "0") or 0),
+                   keys_log=os.environ.get("VERYDEEP_KEYS_LOG") or None)
     print(f"{cfg.run_name}: VGG-{cfg.model.arch} on {cfg.cluster.workers} {'GPU' if use_gpu else 'CPU'} worker(s), "
           f"batch {cfg.optim.batch_size} ({cfg.per_worker_batch}/worker, {cfg.accumulation_steps} micro-batches), "
           f"{info.steps_per_epoch} steps/epoch, S={cfg.data.train_scale}, Q={cfg.data.q}"
@@ -228,7 +256,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max"),
         ),
-        datasets=datasets(cfg, manifest, start_epoch),
+        datasets=datasets(cfg, manifest),
         dataset_config=SplitDataConfig(),
     )
     try:

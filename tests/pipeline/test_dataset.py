@@ -58,10 +58,11 @@ def consume(splits, name, epochs, batch_size=4, seed=0):
     return seen
 
 
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cached"])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_each_image_once_per_epoch_across_workers(ray_local, shards, workers):
+def test_each_image_once_per_epoch_across_workers(ray_local, shards, workers, cache):
     all_keys = {f"train/c{i:03d}" for i in range(N_ROWS)}
-    datasets = {"train": read_shards(shards, shuffle_seed=0), "val": read_shards(shards)}
+    datasets = {"train": read_shards(shards, shuffle_seed=0, cache=cache), "val": read_shards(shards, cache=cache)}
     splits = SplitDataConfig().configure(datasets, world_size=workers, worker_handles=None, worker_node_ids=None)
     epochs = 2
     seen = consume(splits, "train", epochs)
@@ -77,6 +78,10 @@ def test_each_image_once_per_epoch_across_workers(ray_local, shards, workers):
         assert len(keys) == N_ROWS - N_ROWS % workers
         orders.append(keys)
     assert orders[0] != orders[1], "the order did not change between epochs"
+    # The same seed on a fresh dataset gives every worker the same rows in the same order (what a rerun sees).
+    again = SplitDataConfig().configure({"train": read_shards(shards, shuffle_seed=0, cache=cache)}, world_size=workers,
+                                        worker_handles=None, worker_node_ids=None)
+    assert consume(again, "train", epochs) == seen
     # Evaluation splits drop and pad nothing: every image exactly once in total.
     val = consume(splits, "val", 1)
     val_keys = [k for r in range(workers) for k in val[0, r]]
@@ -94,14 +99,15 @@ def shard_order(ds, executions):
     return orders
 
 
-def test_shard_order_is_seeded_by_seed_and_epoch(ray_local, shards):
-    uninterrupted = shard_order(read_shards(shards, shuffle_seed=7), 4)
+@pytest.mark.parametrize("cache", [False, True], ids=["streamed", "cached"])
+def test_shard_order_is_seeded_by_seed_and_epoch(ray_local, shards, cache):
+    uninterrupted = shard_order(read_shards(shards, shuffle_seed=7, cache=cache), 4)
     assert len(set(uninterrupted)) > 1, "the shard order never changed across epochs"
     # A run resumed at epoch 2 reads epochs 2 and 3 in the same shard order as the uninterrupted run.
-    resumed = shard_order(read_shards(shards, shuffle_seed=7, start_epoch=2), 2)
+    resumed = shard_order(read_shards(shards, shuffle_seed=7, start_epoch=2, cache=cache), 2)
     assert resumed == uninterrupted[2:]
-    assert shard_order(read_shards(shards, shuffle_seed=8), 1)[0] != uninterrupted[0] or \
-        shard_order(read_shards(shards, shuffle_seed=9), 1)[0] != uninterrupted[0]
+    assert shard_order(read_shards(shards, shuffle_seed=8, cache=cache), 1)[0] != uninterrupted[0] or \
+        shard_order(read_shards(shards, shuffle_seed=9, cache=cache), 1)[0] != uninterrupted[0]
 
 
 def test_no_shards_is_a_clear_error():

@@ -51,8 +51,9 @@ class KeyedCollate(TrainCollate):
         self.index = {k: i for i, k in enumerate(keys)}
 
     def __call__(self, batch):
-        images, labels = super().__call__(batch)
-        return images, labels, torch.as_tensor([self.index[str(k)] for k in batch["key"]])
+        images, labels, keys = super().__call__(batch)
+        assert list(keys) == [str(k) for k in batch["key"]]
+        return images, labels, torch.as_tensor([self.index[k] for k in keys])
 
 
 def train_split(manifest):
