@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from evaluation.methods import METHODS
+from pipeline.cli import OneLineParser, check_finite, check_http_url
 from pipeline.decode import BACKENDS
 
 REPEATED = {"model"}  # tuple fields given as a repeated flag rather than one flag with several values
@@ -57,6 +58,8 @@ class SweepConfig:
     s3_endpoint: str | None = option(None, "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)", metavar="URL")
 
     def __post_init__(self) -> None:
+        check_finite(self)
+        check_http_url("s3_endpoint", self.s3_endpoint)
         if not self.model:
             raise ValueError("give at least one --model")
         if not self.data:
@@ -97,7 +100,7 @@ def flag(name: str) -> str:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """One flag per config field (help = the field's help, with its default)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog, argument_default=argparse.SUPPRESS,
         description="Evaluate trained VGG nets densely and with 150 crops at several test scales, fuse them, and "
         "report the paper's Tables 3-6 (Sec. 3.2, 4.1-4.4).")

@@ -93,9 +93,22 @@ def content_id(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def check_directory(source: str, uri: str) -> None:
+    """Refuse, in one line, a model source that names one of a model directory's files instead of the directory."""
+    if storage.is_local(uri):
+        is_file = Path(uri.removeprefix("file://")).is_file()
+    else:  # object stores have no directories to ask: go by the name
+        is_file = uri.rstrip("/").rsplit("/", 1)[-1] in (MODEL_FILE, CARD_FILE)
+    if is_file:
+        parent = uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+        raise ModelError(f"model {source}: {uri} is a file, not a model directory: pass the directory that holds "
+                         f"{MODEL_FILE} and {CARD_FILE} (e.g. {parent})")
+
+
 def load(source: str, tracking_uri: str | None = None, endpoint: str | None = None) -> LoadedModel:
     """Resolve, fetch and load one model source; every failure is a one-line ModelError naming the source."""
     uri = resolve_source(source, tracking_uri)
+    check_directory(source, uri)
     with tempfile.TemporaryDirectory(prefix="verydeep-eval-") as tmp:
         try:
             local = fetch(uri, tmp, endpoint)

@@ -10,7 +10,6 @@ goes through ``python -m pipeline.prepare`` unchanged. Rendering is deterministi
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from pipeline.cli import OneLineParser
 
 # Fake WordNet ids, one per digit, sorted like the digits so that label = digit after prepare's sorted-wnid indexing.
 WNIDS = tuple(f"n0000000{d}" for d in range(10))
@@ -84,13 +85,36 @@ def render_digits(dst: str | os.PathLike, seed: int = 0) -> Path:
     return root
 
 
+def writable_directory(dst: str | os.PathLike) -> str | None:
+    """Why ``dst`` cannot hold the tree (it is a file, cannot be created, is read-only), or None when it can."""
+    path = Path(dst)
+    if path.exists() and not path.is_dir():
+        return "not a directory"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create it ({exc.strerror or exc})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: render the tree and print where it is."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.digits", description=__doc__.splitlines()[0])
+    """CLI: render the tree and print where it is; bad flags print one ``error:`` line and exit with code 2."""
+    parser = OneLineParser(prog="python -m pipeline.digits", description=__doc__.splitlines()[0])
     parser.add_argument("--dst", required=True, help="directory to write the ImageNet-layout tree into")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sizes, colours and the train/val split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sizes, colours and the train/val split (>= 0)")
     args = parser.parse_args(argv)
-    root = render_digits(args.dst, args.seed)
+    if args.seed < 0:
+        parser.error(f"bad --seed {args.seed}: expected an integer >= 0")
+    problem = writable_directory(args.dst)
+    if problem:
+        parser.error(f"bad --dst {args.dst}: {problem}")
+    try:
+        root = render_digits(args.dst, args.seed)
+    except OSError as exc:  # the disk filling up or the directory vanishing half-way
+        print(f"error: cannot write the digits under {args.dst}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"digits: {(root / DONE).read_text().strip()} in {root}")
     return 0
 

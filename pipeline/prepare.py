@@ -26,9 +26,19 @@ Output::
     DST/manifest.json                            written last (schema in pipeline/manifest.py)
 
 Keys are ``<split>/<wnid>/<file stem>`` whatever the source layout. Ordinary RGB JPEGs are stored byte for byte;
-CMYK and grayscale JPEGs and non-JPEG images (a PNG named .JPEG) are re-encoded as RGB JPEGs, and with
-``--max-shorter-side`` larger images are resized (Lanczos) and re-encoded. Empty, truncated and non-image files
-are skipped and listed in the manifest.
+CMYK and grayscale JPEGs and non-JPEG images (a PNG named .JPEG) are re-encoded as RGB JPEGs (16-bit grey scaled
+to 8 bits, not clipped), and with ``--max-shorter-side`` larger images are resized (Lanczos) and re-encoded. Empty,
+truncated and non-image files, symlinks that lead nowhere (dangling or looping), and images whose header declares
+more than ``--max-megapixels`` (checked before any decoding) are skipped and listed in the manifest.
+
+The default ``--max-megapixels 64`` (8000x8000) lets every ImageNet image through with room to spare (the largest
+are camera photos on the order of 4,000-5,000 pixels a side) while refusing small files that declare huge sizes:
+64 MP decode to 192 MB of RGB, and a 4 KB JPEG that declares 12000x12000 would take 432 MB on every decode.
+Pillow's own decompression-bomb check still refuses more than 179 megapixels, whatever the flag.
+
+EXIF orientation is ignored, as ImageNet's standard loaders (PIL, torchvision's ImageFolder) ignore it: pixels are
+stored and decoded in their stored order, so results stay comparable with published ImageNet numbers. JPEGs kept
+byte for byte keep their EXIF block; re-encoded images carry none.
 
 Restartable: the shard plan is a pure function of the source listing and the options, every shard is committed
 atomically, and a rerun keeps each shard already written for the same plan. Killed at any point and run again,
@@ -63,14 +73,20 @@ import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import storage
+from pipeline.cli import OneLineParser, check_finite, check_http_url
 from pipeline.manifest import FORMAT, MANIFEST_NAME, Manifest, ManifestError, Shard, Split, Stats, load_manifest
 from pipeline.storage import StorageError
 
 # Bump when convert_image's output for the same input changes: shards written before then are rebuilt.
-CONVERTER_VERSION = 1
+# 2: 16-bit grey images are scaled to 8 bits instead of clipped (almost white).
+CONVERTER_VERSION = 2
 SHARD_METADATA_KEY = b"verydeep.shard"
 SPLITS = ("train", "val")
 MiB = 1 << 20
+# Images declaring more pixels are skipped unread (see the module docstring for why 64).
+MAX_MEGAPIXELS = 64.0
+# Pillow's modes of 16-bit grey ("I" is how older Pillows opened 16-bit PNGs; its range is taken to be 16 bits too).
+GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 # Crash tests set this to slow each shard down before its commit, so that a kill lands mid-run.
 COMMIT_DELAY_ENV = "VERYDEEP_PREPARE_COMMIT_DELAY_S"
 
@@ -124,6 +140,13 @@ class PrepareConfig:
         ),
     )
     jpeg_quality: int = field(default=95, metadata=_help("JPEG quality for re-encoded images (converted or resized)"))
+    max_megapixels: float = field(
+        default=MAX_MEGAPIXELS,
+        metadata=_help(
+            "skip images whose header declares more than this many million pixels (width x height), without "
+            "decoding them (ImageNet's largest images are well under this)"
+        ),
+    )
     val_labels: str | None = field(
         default=None, metadata=_help("labels of a flat val/: LOC_val_solution.csv or the devkit's ground-truth txt")
     )
@@ -142,7 +165,15 @@ class PrepareConfig:
     read_threads: int = field(default=16, metadata=_help("concurrent source reads inside each shard task (I/O bound)"))
 
     def __post_init__(self) -> None:
-        for name in ("target_shard_mb", "row_group_mb", "stats_images", "stats_pixels_per_image", "read_threads"):
+        check_finite(self)
+        for name in (
+            "target_shard_mb",
+            "row_group_mb",
+            "max_megapixels",
+            "stats_images",
+            "stats_pixels_per_image",
+            "read_threads",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_rows_per_shard", "max_shorter_side", "num_cpus"):
@@ -150,6 +181,7 @@ class PrepareConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        check_http_url("s3_endpoint", self.s3_endpoint)
 
     @property
     def target_shard_bytes(self) -> int:
@@ -162,6 +194,7 @@ class PrepareConfig:
         return {
             "max_shorter_side": self.max_shorter_side,
             "jpeg_quality": self.jpeg_quality,
+            "max_megapixels": self.max_megapixels,
             "row_group_mb": self.row_group_mb,
             "stats_pixels_per_image": self.stats_pixels_per_image,
         }
@@ -175,6 +208,7 @@ _RECORDED_OPTIONS = (
     "row_group_mb",
     "max_shorter_side",
     "jpeg_quality",
+    "max_megapixels",
     "stats_images",
     "stats_pixels_per_image",
 )
@@ -182,7 +216,7 @@ _RECORDED_OPTIONS = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI parser, one flag per PrepareConfig field."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m pipeline.prepare",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -236,21 +270,41 @@ def shorter_side_size(width: int, height: int, shorter: int) -> tuple[int, int]:
     return max(1, round(width * scale)), shorter
 
 
-def convert_image(data: bytes, max_shorter_side: int | None = None, quality: int = 95) -> Converted:
+def grey16_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image as 8-bit grey ("L"), scaled by 255/65535 (Pillow's convert clips it at 255 instead)."""
+    values = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
+def convert_image(
+    data: bytes, max_shorter_side: int | None = None, quality: int = 95, max_megapixels: float = MAX_MEGAPIXELS
+) -> Converted:
     """Validate one source file and return it as an RGB JPEG; raises SkipFile with the reason if it is unusable.
 
-    An RGB JPEG that needs no resize is returned byte for byte. Everything else (CMYK or grayscale JPEG, PNG or
-    other formats, images over ``max_shorter_side``) is decoded, converted to RGB and re-encoded.
+    An RGB JPEG that needs no resize is returned byte for byte. Everything else (CMYK or grayscale JPEG, 16-bit
+    grey, PNG or other formats, images over ``max_shorter_side``) is decoded, converted to RGB and re-encoded.
+    An image whose header declares more than ``max_megapixels`` million pixels is skipped before any decoding.
+    EXIF orientation is ignored: the pixels keep their stored order (see the module docstring).
     """
     if not data:
         raise SkipFile("empty file")
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit; the size is checked below against ours, before any decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))  # lazy: reads the header only
     except UnidentifiedImageError:
         raise SkipFile("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise SkipFile(f"declared size too large, not decoded ({' '.join(str(exc).split())})") from None
     except Exception as exc:  # PIL raises many types for broken headers
         raise SkipFile(f"unreadable image header ({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     width, height = img.size
+    if width * height > max_megapixels * 1e6:
+        raise SkipFile(
+            f"declared size {width}x{height} ({width * height / 1e6:.1f} megapixels) is over --max-megapixels "
+            f"{max_megapixels:g}: not decoded"
+        )
     target = None
     if max_shorter_side and min(width, height) > max_shorter_side:
         target = shorter_side_size(width, height, max_shorter_side)
@@ -269,6 +323,8 @@ def convert_image(data: bytes, max_shorter_side: int | None = None, quality: int
         ) from None
     if img.format == "JPEG" and img.mode == "RGB" and target is None:
         return Converted(data, height, width, "unchanged")
+    if img.mode in GREY16_MODES:
+        img = grey16_to_8bit(img)
     rgb = img.convert("RGB")
     action = "converted"
     if target is not None:
@@ -472,6 +528,11 @@ def scan_source(cfg: PrepareConfig, src: str) -> Listing:
     val_labels, val_labels_name, val_synsets_name = {}, None, None
     if flat_val:
         val_labels, val_labels_name, val_synsets_name = _find_val_labels(cfg, src, present)
+    for split in SPLITS:  # pyarrow's listing leaves these out silently: name them, as every other skipped file
+        skipped += [
+            {"path": f"{split}/{rel}", "reason": reason}
+            for rel, reason in storage.broken_links(storage.join(src, split))
+        ]
     seen: set[str] = set()
     for path, size in entries:
         split, _, rest = path.partition("/")
@@ -571,7 +632,7 @@ def _read_footer(uri: str, endpoint: str | None, region: str | None) -> dict | N
 def _convert_one(src: str, f: SourceFile, spec: dict) -> tuple[SourceFile, Converted | str]:
     data = storage.read_bytes(storage.join(src, f.path), spec["endpoint"], spec["region"])
     try:
-        return f, convert_image(data, spec["max_shorter_side"], spec["jpeg_quality"])
+        return f, convert_image(data, spec["max_shorter_side"], spec["jpeg_quality"], spec["max_megapixels"])
     except SkipFile as exc:
         return f, str(exc)
 

@@ -16,10 +16,12 @@ Every failure surfaces as a :class:`StorageError` whose message is one line, fit
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
 import re
+import stat
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -55,6 +57,11 @@ def _one_line(text: str, limit: int = 400) -> str:
 def is_s3(uri: str) -> bool:
     """True for an ``s3://`` URI."""
     return uri.startswith(S3_SCHEME)
+
+
+def is_local(uri: str) -> bool:
+    """True for a local path (or ``file://`` URI): not S3 or another scheme."""
+    return not is_s3(uri) and "://" not in uri.replace("file://", "")
 
 
 def s3_endpoint(endpoint: str | None = None) -> str | None:
@@ -265,12 +272,56 @@ def walk(uri: str, endpoint: str | None = None, region: str | None = None) -> li
     return sorted(files)
 
 
+def broken_links(uri: str) -> list[tuple[str, str]]:
+    """Symlinks under a local directory that lead nowhere, as ``(path relative to uri, reason)``, sorted by path.
+
+    ``walk`` (pyarrow's listing) leaves dangling and looping symlinks out without a word; this finds them so that
+    callers can report them. Symlinked directories are followed, as ``walk`` does, except into a directory that
+    holds the link (a loop). Object stores have no symlinks: ``[]``.
+    """
+    if not is_local(uri):
+        return []
+    found: list[tuple[str, str]] = []
+
+    def visit(directory: str, rel: str, ancestors: frozenset[tuple[int, int]]) -> None:
+        try:
+            with os.scandir(directory) as it:
+                entries = list(it)
+            here = os.stat(directory)
+        except OSError:
+            return  # an unreadable directory is walk's to report
+        ancestors |= {(here.st_dev, here.st_ino)}
+        for entry in entries:
+            name = rel + entry.name
+            if entry.is_symlink():  # from the directory listing: no system call for ordinary files
+                try:
+                    target = os.stat(entry.path)
+                except OSError as exc:
+                    found.append((name, _link_problem(entry.path, exc)))
+                    continue
+                if stat.S_ISDIR(target.st_mode) and (target.st_dev, target.st_ino) not in ancestors:
+                    visit(entry.path, name + "/", ancestors)
+            elif entry.is_dir(follow_symlinks=False):
+                visit(entry.path, name + "/", ancestors)
+
+    visit(os.path.abspath(uri.removeprefix("file://")), "", frozenset())
+    return sorted(found)
+
+
+def _link_problem(path: str, exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (it leads back to itself)"
+    if exc.errno == errno.ENOENT:
+        return f"dangling symlink (its target {os.readlink(path)} does not exist)"
+    return f"unreadable symlink ({exc.strerror or exc})"
+
+
 def remove_stale_temps(uri: str) -> int:
     """Delete temp files left in a local directory tree by interrupted atomic writes; returns how many.
 
     Only for local directories (S3 uploads leave no visible object behind). Assumes no other writer is active.
     """
-    if is_s3(uri) or "://" in uri.replace("file://", ""):
+    if not is_local(uri):
         return 0
     root = os.path.abspath(uri.removeprefix("file://"))
     removed = 0

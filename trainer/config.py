@@ -22,10 +22,11 @@ import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from pipeline.cli import OneLineParser, check_finite
 from vgg.augment import PCA_STD
 from vgg.model import ARCHS, INITS, STRIDE
 from vgg.protocol import (
@@ -160,6 +161,7 @@ class _Section:
         hints = get_type_hints(type(self))
         for f in fields(self):  # type: ignore[arg-type]
             object.__setattr__(self, f.name, _normalise(f, _kind(hints[f.name]), getattr(self, f.name)))
+        check_finite(self)  # NaN and infinity pass most range checks: every float field, before them
         self._validate()
 
     def _validate(self) -> None:
@@ -694,13 +696,6 @@ def compose(recipe: Mapping[str, Any] | None = None, explicit: Mapping[str, Any]
 # ---- command line ----------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (usage would list every flag): message, pointer to --help, exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _shown(value: Any) -> str:
     if value is None:
         return "none"
@@ -725,7 +720,7 @@ def _converter(kind: _Kind) -> Any:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command line, one flag per config field (help = the field's help, with its default)."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog=prog,
         description="Train a VGG net of Table 1 with the paper's recipe (Sec. 3.1). Defaults are the paper's; "
         "precedence: defaults < --config recipe < --smoke preset < flags given here.",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_refusal import refused
 
 from evalkit import CROP, card_for, decoded, tiny_net
 from evaluation.config import parse_args
@@ -162,6 +163,27 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, prepared_shards, untrain
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert not (tmp_path / "out").exists()  # refused before any compute
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("case", ["model.pt given", "card.json given", "gpus_per_task nan", "s3 endpoint not a URL"])
+def test_bad_flags_are_refused_before_any_work(case, prepared_shards, untrained_model, tmp_path):
+    model, extra = str(untrained_model), []
+    if case == "model.pt given":
+        model = str(untrained_model / "model.pt")
+    elif case == "card.json given":
+        model = str(untrained_model / "card.json")
+    elif case == "gpus_per_task nan":
+        extra = ["--gpus-per-task", "nan"]
+    else:
+        extra = ["--s3-endpoint", "::not a url::"]
+    argv = ["--model", model, "--data", prepared_shards, "--out", str(tmp_path / "out"), "--no-mlflow", *extra]
+    line = refused("evaluation.sweep", argv, tmp_path)
+    if case.endswith("given"):
+        assert f"{model} is a file" in line and f"holds model.pt and card.json (e.g. {untrained_model})" in line
+    else:
+        assert ("bad gpus_per_task nan" if "nan" in case else "bad s3_endpoint '::not a url::'") in line, line
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_exit_code_in_a_subprocess(tmp_path):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pytest
+from cli_refusal import refused
 from PIL import Image
 
 from pipeline.digits import ASPECT, SHORT_SIDE, WNIDS, render_digits, split_indices
@@ -44,3 +47,17 @@ def test_renders_the_imagenet_layout_with_varied_sizes(tmp_path):
     assert render_digits(tmp_path / "digits") == root  # complete: not rendered again
     again = render_digits(tmp_path / "other")
     assert (again / "val" / val[0].name).read_bytes() == first  # deterministic bytes
+
+
+@pytest.mark.parametrize("case", ["dst is a file", "dst cannot be created", "negative seed"])
+def test_bad_flags_are_one_error_line_and_nothing_written(case, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory\n")
+    dst, flag, extra = {
+        "dst is a file": (a_file, "--dst", []),
+        "dst cannot be created": (Path("/proc/verydeep-digits"), "--dst", []),  # the kernel's, never writable
+        "negative seed": (tmp_path / "digits", "--seed", ["--seed", "-1"]),
+    }[case]
+    line = refused("pipeline.digits", ["--dst", str(dst), *extra], tmp_path)
+    assert f"{flag} " in line and ("-1" if flag == "--seed" else str(dst)) in line, line
+    assert a_file.read_text() == "not a directory\n" and not (tmp_path / "digits").exists()

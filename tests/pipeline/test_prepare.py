@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from cli_refusal import refused
 from imagenet_fixture import make_tiny_imagenet
-from PIL import Image
+from PIL import Image, ImageFile
 
 from pipeline import storage
 from pipeline.manifest import FORMAT, ManifestError, load_manifest
@@ -117,6 +119,93 @@ def test_max_shorter_side_resizes_only_larger_images():
     Image.fromarray(np.zeros((1000, 400, 3), np.uint8)).save(tall_png, format="PNG")
     out = convert_image(tall_png.getvalue(), max_shorter_side=100)
     assert (out.height, out.width, out.action) == (250, 100, "resized")
+
+
+def _png16(grey: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(grey.astype(np.uint16)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _declaring(width: int, height: int) -> bytes:
+    """A valid 64x64 JPEG of 4 KB whose SOF0 header is patched to declare width x height."""
+    data = bytearray(_jpeg(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), then height and width, big-endian
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def _exif_rotated_jpeg(mode: str = "RGB") -> bytes:
+    """A 40x60 (h x w) JPEG, left half dark, whose EXIF orientation 6 says "turn 90 degrees clockwise to display"."""
+    rgb = np.full((40, 60, 3), 220, np.uint8)
+    rgb[:, :30] = 20
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(out, format="JPEG", quality=95, exif=exif)
+    return out.getvalue()
+
+
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
+    flat = convert_image(_png16(np.full((20, 30), 32640)))
+    assert flat.action == "converted"
+    assert abs(decode_rgb(flat.image).mean() - 32640 * 255 / 65535) < 1.0  # 127, where clipping gave 255
+    ramp = np.tile(np.linspace(0, 65535, 256), (16, 1))
+    got = decode_rgb(convert_image(_png16(ramp)).image).astype(float)
+    assert np.abs(got - (ramp * 255 / 65535)[..., None]).mean() < 1.5  # every level, not just the mean
+
+
+def test_a_declared_size_over_the_limit_is_skipped_without_decoding(monkeypatch):
+    decodes = []
+    load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: decodes.append(img.size) or load(img))
+    data = _declaring(12000, 12000)
+    assert len(data) < 5000
+    with pytest.raises(SkipFile, match=r"declared size 12000x12000 \(144.0 megapixels\) is over --max-megapixels 64"):
+        convert_image(data)
+    assert decodes == []
+    with pytest.raises(SkipFile, match="over --max-megapixels 100"):
+        convert_image(data, max_megapixels=100)
+    assert decodes == []
+    ok = _jpeg(np.zeros((300, 200, 3), np.uint8))
+    assert convert_image(ok, max_megapixels=0.06).image is ok  # 0.06 MP = 300x200: at the limit, kept
+    with pytest.raises(SkipFile, match="declared size 200x300"):
+        convert_image(ok, max_megapixels=0.05)
+
+
+def test_exif_orientation_is_ignored_pixels_stay_as_stored():
+    # The decision pinned: like PIL and torchvision's ImageFolder, which ImageNet results are measured with.
+    data = _exif_rotated_jpeg()
+    kept = convert_image(data)
+    assert kept.image is data and (kept.action, kept.height, kept.width) == ("unchanged", 40, 60)
+    grey = convert_image(_exif_rotated_jpeg("L"))  # re-encoded: stored unrotated, and without the tag
+    assert (grey.action, grey.height, grey.width) == ("converted", 40, 60)
+    for out in (kept, grey):
+        pixels = decode_rgb(out.image).astype(int)
+        assert pixels.shape == (40, 60, 3)
+        assert pixels[:, :30].mean() < 60 and pixels[:, 30:].mean() > 180  # dark half still on the left
+    with Image.open(io.BytesIO(grey.image)) as img:
+        assert 0x0112 not in img.getexif()
+
+
+def test_symlinks_that_lead_nowhere_are_listed_as_skipped(tmp_path):
+    tiny = make_tiny_imagenet(tmp_path / "src", per_class=1, val_per_class=1, quirks=False)
+    w0, w1 = tiny.wnids[:2]
+    good = next((tiny.root / "train" / w0).iterdir())
+    (tiny.root / "train" / w0 / "a_good_link.JPEG").symlink_to(good)
+    (tiny.root / "train" / w0 / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (tiny.root / "train" / w1 / "loop.JPEG").symlink_to("loop.JPEG")
+    (tiny.root / "val" / w1 / "other_loop.JPEG").symlink_to("other_loop.JPEG")
+    (tiny.root / "train" / w1 / "linked").symlink_to(tiny.root / "train" / w1)  # a directory loop: each once
+    listing = scan_source(PrepareConfig(src=str(tiny.root), dst="unused"), str(tiny.root))
+    reasons = {s["path"]: s["reason"] for s in listing.skipped}
+    gone = tmp_path / "gone.JPEG"
+    assert reasons[f"train/{w0}/dangling.JPEG"] == f"dangling symlink (its target {gone} does not exist)"
+    assert reasons[f"train/{w1}/loop.JPEG"].startswith("symlink loop")
+    assert reasons[f"val/{w1}/other_loop.JPEG"].startswith("symlink loop")
+    assert sum("symlink" in r for r in reasons.values()) == 3
+    listed = {f.path for split in listing.files.values() for f in split}
+    assert f"train/{w0}/a_good_link.JPEG" in listed and not listed & set(reasons)
 
 
 def test_plan_is_deterministic_complete_and_bounded():
@@ -264,6 +353,28 @@ def test_flat_val_layouts_give_the_same_labels(ray_local, tmp_path, layout, syns
 
 
 @pytest.mark.ray
+def test_image_cases_end_to_end_are_stored_scaled_or_skipped_and_counted(ray_local, tmp_path, capsys):
+    tiny = make_tiny_imagenet(tmp_path / "src", per_class=2, val_per_class=1, quirks=False)
+    w0 = tiny.wnids[0]
+    cases = tiny.root / "train" / w0
+    (cases / "grey16.JPEG").write_bytes(_png16(np.full((48, 64), 32640)))
+    (cases / "huge.JPEG").write_bytes(_declaring(12000, 12000))
+    (cases / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (cases / "loop.JPEG").symlink_to("loop.JPEG")
+    m = prepare(PrepareConfig(src=str(tiny.root), dst=str(tmp_path / "dst"), stats_images=4))
+    reasons = {s["path"]: s["reason"] for s in m.skipped}
+    assert reasons.keys() == {f"train/{w0}/{n}.JPEG" for n in ("huge", "dangling", "loop")}
+    assert "over --max-megapixels 64: not decoded" in reasons[f"train/{w0}/huge.JPEG"]
+    assert reasons[f"train/{w0}/dangling.JPEG"].startswith("dangling symlink")
+    assert reasons[f"train/{w0}/loop.JPEG"].startswith("symlink loop")
+    assert m.options["max_megapixels"] == 64.0 and m.splits["train"].count == tiny.train_images + 1
+    out = capsys.readouterr().out
+    assert "skipped 3 files" in out.splitlines()[-1] and f"skipped train/{w0}/loop.JPEG: symlink loop" in out
+    grey = _rows(m, "train")[f"train/{w0}/grey16"]
+    assert abs(decode_rgb(grey["image"]).mean() - 127.0) < 1.0 and (grey["height"], grey["width"]) == (48, 64)
+
+
+@pytest.mark.ray
 def test_rerun_on_a_finished_destination_rewrites_nothing(prepared_shards, tiny_imagenet, capsys):
     root = Path(prepared_shards).parent
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
@@ -405,6 +516,23 @@ def test_cli_errors_are_one_line(tiny_imagenet, s3_server, s3_server_strict, tmp
     procs = [(_cli(*args, env=e), word) for args, e, word in cases]  # in parallel: none of them gets to start Ray
     for proc, word in procs:
         _assert_one_error_line(proc, word)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--target-shard-mb", "nan"),
+        ("--target-shard-mb", "inf"),
+        ("--row-group-mb", "nan"),
+        ("--max-megapixels", "inf"),
+        ("--s3-endpoint", "::not a url::"),
+    ],
+)
+def test_bad_values_are_one_error_line_before_anything_is_written(flag, value, tiny_imagenet, tmp_path):
+    dst = "s3://any-bucket/shards" if flag == "--s3-endpoint" else str(tmp_path / "out")
+    line = refused("pipeline.prepare", ["--src", str(tiny_imagenet.root), "--dst", dst, flag, value], tmp_path)
+    assert f"bad {flag[2:].replace('-', '_')} " in line and value in line, line
     assert not (tmp_path / "out").exists()
 
 

@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+from cli_refusal import refused
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 import vgg
@@ -42,7 +43,7 @@ def error_line(capsys, argv) -> str:
         parse_args(argv)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
     return err
 
 
@@ -140,6 +141,25 @@ def test_bad_values_give_one_error_line(capsys, argv, words):
     err = error_line(capsys, DATA + argv)
     for word in words:
         assert word in err, err
+
+
+FLOAT_FIELDS = sorted(name for name, (_, _, kind) in LEAVES.items() if kind.base is float)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+def test_every_float_field_refuses_nan_and_infinity(capsys, name, value):
+    err = error_line(capsys, DATA + [f"{flag(name)}={value}"])
+    assert err.startswith(f"error: bad {name} {value}: expected a finite number"), err
+    with pytest.raises(ValueError, match=f"bad {name} {value}: expected a finite number"):
+        compose(recipe={name: float(value)}, explicit={"data": "m"})  # a YAML recipe's .nan / .inf
+
+
+def test_run_refuses_an_infinite_width_before_starting_anything(tmp_path):
+    line = refused("trainer.run", ["--smoke", "--width", "inf", "--storage", str(tmp_path / "runs"),
+                                   "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"], tmp_path)
+    assert line.startswith("error: bad width inf: expected a finite number"), line
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_data_is_required_unless_smoke(capsys):
