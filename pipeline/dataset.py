@@ -5,8 +5,8 @@ How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing he
 * **Shard order**: ``read_parquet(..., shuffle=FileShuffleConfig(seed, reseed_after_execution=True))`` draws a new
   shard order on every execution of the dataset, i.e. every epoch, seeded by (seed, execution index). The execution
   index starts at the epoch the run (re)starts from (``start_epoch``), so a resumed run shuffles epoch e as an
-  uninterrupted run would. A split small enough to keep in the object store (``cache=True``) is read once in
-  manifest order and its blocks are reordered each epoch (``randomize_block_order``, seeded the same way).
+  uninterrupted run would. A split small enough to keep in the object store (``cache=True``) is read once, in
+  manifest order, and keeps that order: its per-epoch shuffle is the local shuffle buffer's alone.
 * **Determinism**: the same (seed, epoch) gives every worker the same rows in the same order, run after run and
   after a restart, on the same cluster shape. Three things make it so: reads preserve order (never task completion
   order, which is what a cached split was materialised in before and what made reruns differ with more than one
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.data import DataIterator, Dataset, FileShuffleConfig, RandomSeedConfig
+from ray.data import DataIterator, Dataset, FileShuffleConfig
 from ray.train import DataConfig
 
 COLUMNS = ["key", "label", "height", "width", "image"]
@@ -64,10 +64,11 @@ def read_shards(
     columns: Sequence[str] = COLUMNS,
     cache: bool = False,
 ) -> Dataset:
-    """A dataset over Parquet shards; with ``shuffle_seed`` the order is redrawn each epoch, seeded by (seed, epoch).
+    """A dataset over Parquet shards; with ``shuffle_seed`` the shard order is redrawn each epoch, seeded by (seed,
+    epoch).
 
-    With ``cache`` the rows are read once into Ray's object store (for splits small enough to hold there: each epoch
-    then skips the seconds a read starts with) and reordered by blocks each epoch.
+    With ``cache`` the rows are read once, in manifest order, into Ray's object store (for splits small enough to hold
+    there: each epoch then skips the seconds a read starts with) and the shard order stays as read.
     """
     if not paths:
         raise ValueError("no shards to read: the manifest lists none for this split")
@@ -88,8 +89,6 @@ def read_shards(
         # every epoch's batches, differ from run to run as soon as there is more than one shard.
         ds.context.execution_options.preserve_order = True
         ds = ds.materialize()
-        if shuffle_seed is not None:
-            ds = ds.randomize_block_order(seed=RandomSeedConfig(seed=shuffle_seed, reseed_after_execution=True))
     # Epoch e of a resumed run must draw the order epoch e of an uninterrupted run drew: Ray Data seeds the shuffle
     # with (seed, execution index) and counts executions from 0 per dataset, so start the count at e.
     # (tests/pipeline/test_dataset.py checks that this still holds on the installed Ray.)
