@@ -215,7 +215,7 @@ def failure_reason(error: BaseException, max_failures: int) -> str:
         error = inner
     text = " ".join(str(error).split()) or "no message"
     reason = f"{where}{type(error).__name__}: {text[:400]}"
-    return reason + (f" (restarted --max-failures {max_failures} times)" if where and max_failures > 0 else "")
+    return reason + (f" (restarts used up: --max-failures {max_failures})" if where else "")
 
 
 def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, ckpt.TrainState] | None,
