@@ -206,8 +206,8 @@ def failure_reason(error: BaseException, max_failures: int) -> str:
             where, error = f"worker {rank}: ", failures[rank]
             continue
         # ControllerError, WorkerHealthCheckFailedError (a dead worker's RayActorError), RayTaskError (the cause).
-        inner = next((x for x in (getattr(error, a, None) for a in ("controller_failure", "health_check_failure",
-                                                                     "cause")) if isinstance(x, BaseException)), None)
+        inner = next((getattr(error, a) for a in ("controller_failure", "health_check_failure", "cause")
+                      if isinstance(getattr(error, a, None), BaseException)), None)
         if inner is None and type(error).__module__.startswith("ray.") and error.__cause__ is not None:
             inner = error.__cause__
         if inner is None:
@@ -224,7 +224,6 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
     its MLflow run is open closes that run: FAILED (or KILLED) with the reason the CLI prints."""
     use_gpu = check_resources(cfg)
     state = latest[1] if latest else None
-    start_epoch = state.epoch if state else 0
     steps = steps_per_epoch(cfg, manifest)  # a batch larger than the data fails before a run is opened
     tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
     try:

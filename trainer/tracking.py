@@ -187,6 +187,8 @@ class Tracker:
             import numpy as np
             import torch
 
+            # The logged model belongs to the active experiment, not to the run's: make them the same.
+            mlflow.set_experiment(experiment_id=self._client.get_run(self.run_id).info.experiment_id)
             crop = getattr(model, "crop", 224)
             # Pickle keeps any batch size (a pt2 export fixes the example's); loading needs verydeep installed.
             # Explicit requirements skip MLflow's slow import-capturing subprocess.

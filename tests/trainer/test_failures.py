@@ -18,9 +18,12 @@ import pytest
 
 import trainer.run as run
 from trainer import checkpoint as ckpt
-from trainer.tracking import FAILURE_TAG, GAP_TAG, MODEL_URI_TAG, NOTE_TAG
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+# The tags as the MLflow UI shows them: the reason a run failed (also its description), the outage note, the model.
+FAILURE_TAG, NOTE_TAG, GAP_TAG, MODEL_URI_TAG = ("verydeep.failure", "mlflow.note.content", "verydeep.tracking_gap",
+                                                 "verydeep.model_uri")
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--arch", "A", "--width", "0.125", "--fc-width", "16", "--crop", "32", "--scale-jitter", "32", "40",
@@ -142,3 +145,16 @@ def test_server_killed_mid_run_one_warning_per_process_and_the_run_closed_when_i
     assert record.info.status == "FINISHED"  # was left RUNNING
     assert "unreachable during the job" in record.data.tags[GAP_TAG]
     assert record.data.tags[MODEL_URI_TAG] == state.best_checkpoint  # what the job ended with, logged once back
+
+
+def test_a_complete_run_left_running_is_closed_by_the_next_run_of_the_command(prepared_shards, ray_local, tmp_path,
+                                                                              capsys):
+    argv = args(prepared_shards, tmp_path, "left", "--epochs", "1")
+    assert run.main(argv) == 0
+    (record,) = runs(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.update_run(record.info.run_id, status="RUNNING")  # as a job whose server was away at its end leaves it
+    assert run.main(argv) == 0
+    assert "already complete" in capsys.readouterr().out
+    record = client.get_run(record.info.run_id)
+    assert record.info.status == "FINISHED" and GAP_TAG in record.data.tags
