@@ -11,7 +11,8 @@ Fixtures:
   RGB JPEGs, 40-120 px, plus a CMYK JPEG, a grayscale JPEG, a PNG named .JPEG and three bad files) and val/ in
   class folders (4 x 2). ``os.fspath(tiny_imagenet)`` is the root.
 - ``mlflow_server`` (function): a real ``mlflow server`` on 127.0.0.1 with a sqlite store under tmp_path;
-  ``.uri`` (http://127.0.0.1:PORT), ``.stop()`` (kills it, e.g. to test a server lost mid-run).
+  ``.uri`` (http://127.0.0.1:PORT), ``.stop()`` (kills it, e.g. to test a server lost mid-run), ``.restart()``
+  (a new server on the same port and store: the server coming back).
 - ``prepared_shards`` (session): ``tiny_imagenet`` ingested with default options into a local directory; the
   value is the manifest's path as a string, for ``pipeline.manifest.load_manifest``.
 """
@@ -174,6 +175,8 @@ class MlflowServer:
 
     uri: str
     proc: subprocess.Popen
+    root: Path
+    store: str
 
     def stop(self) -> None:
         """Kill the server and its workers."""
@@ -181,18 +184,23 @@ class MlflowServer:
             os.killpg(self.proc.pid, 9)
             self.proc.wait(timeout=30)
 
+    def restart(self) -> None:
+        """Stop the server if it runs, then start a new one on the same port over the same store."""
+        self.stop()
+        self.proc = start_mlflow_server(self.root, self.store, port=int(self.uri.rsplit(":", 1)[1])).proc
 
-def start_mlflow_server(root: Path, backend_store_uri: str | None = None) -> MlflowServer:
-    """``mlflow server`` on a free loopback port over ``backend_store_uri`` (default: a new sqlite store under
-    ``root``), new artifacts under ``root``."""
-    port = _free_port()
+
+def start_mlflow_server(root: Path, backend_store_uri: str | None = None, port: int | None = None) -> MlflowServer:
+    """``mlflow server`` on a loopback port (default: a free one) over ``backend_store_uri`` (default: a new sqlite
+    store under ``root``), new artifacts under ``root``."""
+    port = port or _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     store = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", store, "--artifacts-destination", str(root / "artifacts")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    server = MlflowServer(f"http://127.0.0.1:{port}", proc)
+    server = MlflowServer(f"http://127.0.0.1:{port}", proc, root, store)
     import urllib.request
 
     deadline = time.monotonic() + 120

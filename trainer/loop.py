@@ -158,7 +158,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     info = JobInfo(**loop_config["info"])
     worker = current()
     tracker = Tracker(worker.is_main and info.mlflow_run_id is not None, info.tracking_uri, cfg.run.experiment)
-    tracker.start(info.mlflow_run_id, cfg.run_name, {}, {})
+    tracker.attach(info.mlflow_run_id)  # the driver's open run; the driver closes it
 
     model = make_model(cfg, len(info.wnids))
     optim = cfg.optim
@@ -263,7 +263,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                   f" ({int(val['val_images'])} images, Q={cfg.data.q}) -> {decision.value}"
                   + (f", lr {sched.lr:g}" if decision is schedule.Decision.DECAY else "")
                   + (f" ({sched.stop_reason})" if sched.stopped else ""), flush=True)
-    tracker.end()
+    tracker.release()
 
 
 def log_keys(directory: str, rank: int, epoch: int, step: int, keys: tuple[str, ...]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from trainer.config import FINE_TUNE_LR, SCALE_JITTER, build_parser, compose
 from trainer.run import JobError, summary, tracking_uri, train
+from trainer.tracking import Tracker
 from vgg.model import ARCHS
 
 PROG = "python -m trainer.recipe"
@@ -51,17 +52,22 @@ def paper_ladder(arch: str, crop: int) -> list[Rung]:
     return rungs
 
 
-def parent_run(tracking: str, experiment: str, ladder: str) -> str:
-    """The ladder's parent MLflow run: found by its tag when the ladder is rerun, else created."""
+def parent_run(tracking: str, experiment: str, ladder: str) -> Tracker:
+    """The ladder's parent MLflow run, open: found by its tag (and reopened) when the ladder is rerun, else created."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracking)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
-    found = client.search_runs([exp_id], filter_string=f"tags.`{LADDER_TAG}` = '{ladder}'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    return client.create_run(exp_id, run_name=ladder, tags={LADDER_TAG: ladder}).info.run_id
+    tracker = Tracker(True, tracking, experiment)
+    try:
+        client = mlflow.MlflowClient(tracking_uri=tracking)
+        exp = client.get_experiment_by_name(experiment)
+        found = [] if exp is None else client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{LADDER_TAG}` = '{ladder}'", max_results=1)
+    except Exception as e:  # the store cannot be read: no ladder can be tracked
+        raise JobError(f"cannot reach the MLflow tracking store: {type(e).__name__}: {e}") from None
+    tracker.start(found[0].info.run_id if found else None, ladder, {}, {LADDER_TAG: ladder})
+    if tracker.run_id is None:
+        raise JobError(f"cannot open the ladder's MLflow run {ladder!r}")
+    return tracker
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "config" in flags or "arch" in flags:
         parser.error("--config/--arch of trainer.run do not apply: the ladder sets each rung's net and scale")
     prefix = flags.pop("name", None) or f"{ns.ladder}-{ns.arch}"
+    parent = None
     try:
         base = compose({}, flags)
         tracking = tracking_uri(base)
@@ -85,12 +92,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             if rung.init_layers is not None:
                 layer.update(init_from=previous, init_layers=rung.init_layers)
             print(f"== {prefix}: {rung.name}" + (f" from {previous}" if previous else ""), flush=True)
-            cfg, state, tracking = train(compose({}, layer), parent_run_id=parent)
+            try:
+                cfg, state, tracking = train(compose({}, layer), parent_run_id=parent.run_id)
+            except (JobError, ValueError) as e:
+                raise JobError(f"rung {rung.name}: {e}") from None
             print(summary(cfg, state, tracking), flush=True)
             previous = state.best_checkpoint
     except (JobError, ValueError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        reason = " ".join(str(e).split())
+        if parent is not None:
+            parent.end("FAILED", reason)
+        print(f"error: {reason}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in a rung: that rung's run is KILLED already, the ladder's too
+        if parent is not None:
+            parent.end("KILLED", "interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as e:  # a bug: the traceback follows, the parent run says what it was
+        if parent is not None:
+            parent.end("FAILED", f"{type(e).__name__}: {' '.join(str(e).split())[:400]}")
+        raise
+    parent.end("FINISHED")
     print(f"ladder {prefix} complete: final model {previous}")
     return 0
 

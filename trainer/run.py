@@ -28,7 +28,7 @@ from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
 from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
-from trainer.tracking import MODEL_URI_TAG, PARENT_TAG, Tracker
+from trainer.tracking import GAP_TAG, GAP_TEXT, MODEL_URI_TAG, PARENT_TAG, Tracker, bound_mlflow_retries
 from vgg.card import load_model
 
 PROG = "python -m trainer.run"
@@ -221,20 +221,63 @@ def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_ru
     return tracker
 
 
+def failure_reason(error: BaseException, max_failures: int) -> str:
+    """What broke, in one line: the root cause under Ray Train's wrappers (a worker's own exception, a worker's
+    death, the controller's error), not the wrappers' text."""
+    where, seen = "", set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        failures = getattr(error, "worker_failures", None)  # WorkerGroupError: the lowest failing rank's error
+        if failures:
+            rank = min(failures)
+            where, error = f"worker {rank}: ", failures[rank]
+            continue
+        # ControllerError, WorkerHealthCheckFailedError (a dead worker's RayActorError), RayTaskError (the cause).
+        inner = next((getattr(error, a) for a in ("controller_failure", "health_check_failure", "cause")
+                      if isinstance(getattr(error, a, None), BaseException)), None)
+        if inner is None and type(error).__module__.startswith("ray.") and error.__cause__ is not None:
+            inner = error.__cause__
+        if inner is None:
+            break
+        error = inner
+    text = " ".join(str(error).split()) or "no message"
+    reason = f"{where}{type(error).__name__}: {text[:400]}"
+    return reason + (f" (restarts used up: --max-failures {max_failures})" if where else "")
+
+
 def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, ckpt.TrainState] | None,
         parent_run_id: str | None = None) -> ckpt.TrainState:
-    """Run the TorchTrainer to the end of the schedule; returns the final train state as a dict."""
+    """Run the TorchTrainer to the end of the schedule; returns the final train state. Whatever ends the job after
+    its MLflow run is open closes that run: FAILED (or KILLED) with the reason the CLI prints."""
+    use_gpu = check_resources(cfg)
+    state = latest[1] if latest else None
+    steps = steps_per_epoch(cfg, manifest)  # a batch larger than the data fails before a run is opened
+    tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
+    try:
+        return run_job(cfg, manifest, tracking, tracker, steps, use_gpu, state)
+    except JobError as e:
+        tracker.end("FAILED", str(e))
+        raise
+    except Exception as e:
+        reason = f"training failed: {failure_reason(e, cfg.cluster.max_failures)}"
+        tracker.end("FAILED", reason)
+        raise JobError(reason) from None
+    except BaseException as e:  # Ctrl-C, SystemExit
+        tracker.end("KILLED", f"interrupted ({type(e).__name__})")
+        raise
+
+
+def run_job(cfg: TrainConfig, manifest: Manifest, tracking: str, tracker: Tracker, steps: int, use_gpu: bool,
+            state: ckpt.TrainState | None) -> ckpt.TrainState:
+    """The job inside its open MLflow run: Ray Train to the end of the schedule, then the best model logged."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    use_gpu = check_resources(cfg)
-    state = latest[1] if latest else None
     start_epoch = state.epoch if state else 0
-    tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
     storage_uri = absolute_storage(cfg.run.storage)
     info = JobInfo(mean=tuple(map(float, manifest.mean_rgb)), eigval=tuple(map(float, manifest.eigval)),
                    eigvec=tuple(tuple(map(float, row)) for row in manifest.eigvec), wnids=tuple(manifest.wnids),
-                   steps_per_epoch=steps_per_epoch(cfg, manifest), run_dir=ckpt.run_dir(storage_uri, cfg.run_name),
+                   steps_per_epoch=steps, run_dir=ckpt.run_dir(storage_uri, cfg.run_name),
                    mlflow_run_id=tracker.run_id, tracking_uri=tracking,
                    step_delay_s=float(os.environ.get("VERYDEEP_STEP_DELAY_S", "0") or 0),
                    keys_log=os.environ.get("VERYDEEP_KEYS_LOG") or None)
@@ -259,14 +302,9 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
         datasets=datasets(cfg, manifest),
         dataset_config=SplitDataConfig(),
     )
-    try:
-        trainer.fit()
-    except Exception as e:  # TrainingFailedError and friends: the cause is in the worker's log above
-        tracker.end("FAILED")
-        raise JobError(f"training failed: {' '.join(str(e).split())[:400]}") from None
+    trainer.fit()
     final = ckpt.find_latest(storage_uri, cfg.run_name)
     if final is None:
-        tracker.end("FAILED")
         raise JobError(f"training ended without a checkpoint in {info.run_dir}")
     finish(tracker, cfg, final[1])
     return final[1]
@@ -274,6 +312,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
 
 def finish(tracker: Tracker, cfg: TrainConfig, state: ckpt.TrainState) -> None:
     """Log the best model with mlflow.pytorch, register it (alias ``best``), tag its URI, close the run."""
+    tracker.reconnect()  # a server lost during the job: wait for it (bounded), so the record is complete
     best = state.best_checkpoint
     if best is not None:
         tracker.tag(MODEL_URI_TAG, best)
@@ -281,6 +320,24 @@ def finish(tracker: Tracker, cfg: TrainConfig, state: ckpt.TrainState) -> None:
             model, _ = load_model(ckpt.fetch(best, tmp))
             tracker.log_model(model, registered_name=f"verydeep-{cfg.model.arch}")
     tracker.end("FINISHED")
+
+
+def close_left_open(cfg: TrainConfig, tracking: str, state: ckpt.TrainState) -> None:
+    """Close a complete job's MLflow run that is still RUNNING (the server was away when the job ended)."""
+    import mlflow
+
+    if state.mlflow_run_id is None:
+        return
+    bound_mlflow_retries()
+    try:
+        status = mlflow.MlflowClient(tracking).get_run(state.mlflow_run_id).info.status
+    except Exception:  # still away: the next run of this command tries again
+        return
+    if status == "RUNNING":
+        tracker = open_tracking(cfg, tracking, state.mlflow_run_id)
+        tracker.tag(GAP_TAG, GAP_TEXT)
+        finish(tracker, cfg, state)
+        print(f"{cfg.run_name}: MLflow run {state.mlflow_run_id} closed as FINISHED", flush=True)
 
 
 def ui_command(tracking: str) -> str:
@@ -301,6 +358,7 @@ def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConf
     cfg, manifest, tracking, latest = plan(cfg)
     if latest is not None and complete(cfg, latest[1]):
         print(f"{cfg.run_name}: already complete ({latest[1].epoch} epochs) in {latest[0]}", flush=True)
+        close_left_open(cfg, tracking, latest[1])
         return cfg, latest[1], tracking
     return cfg, fit(cfg, manifest, tracking, latest, parent_run_id), tracking
 

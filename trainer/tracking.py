@@ -1,13 +1,32 @@
-"""MLflow for one training job, written by rank 0 only: params, metrics, system metrics, checkpoint URIs, the model.
+"""MLflow for one training job: the driver owns the run, rank 0 logs into it (metrics, checkpoint URIs, system metrics).
 
-Tracking must never stop training: the first failed call (server gone, disk full) prints one warning and turns the
-tracker off for the rest of the job; the checkpoints still hold everything.
+The driver opens the run (or reopens it on a resume) and closes it with the job's final status: FINISHED, FAILED
+(any error once the run is open) or KILLED (Ctrl-C). A failure's one-line reason -- the line the CLI prints as
+``error: ...`` -- is the run's ``verydeep.failure`` tag and its description (``mlflow.note.content``, shown at the
+top of the run page); a resume of the same run clears both. The rank-0 worker attaches to the open run and never
+changes its status, so a worker that dies cannot leave the run FINISHED (no fluent ``start_run``, whose exit hook
+ends a run FINISHED, is used).
+
+Tracking must never stop training. A failed call (server gone, disk full) prints one warning in that process (the
+driver and the rank-0 worker warn at most once each) and turns its tracker off; the checkpoints still hold
+everything. MLflow's HTTP retries are bounded (MLFLOW_HTTP_REQUEST_MAX_RETRIES=1, MLFLOW_HTTP_REQUEST_TIMEOUT=10 unless
+set) and the retry lines of urllib3 and the failure lines of MLflow's system-metrics thread are turned off through
+their loggers' levels, so the warning is the only line an outage prints.
+
+After an outage the driver waits for the server before it closes the run: up to VERYDEEP_MLFLOW_CLOSE_WAIT_S
+(default 120 s) at the end of the job, then it logs what the job ended with (best model, tags), tags
+``verydeep.tracking_gap`` (metrics from the outage are missing in MLflow, not in the checkpoints) and closes the run.
+If the server stays away the run is left RUNNING and one line says so; the same command run again (same ``--name``
+and ``--storage``) reopens the run and closes it at its end, or, when the schedule is already complete, closes it
+FINISHED with the ``verydeep.tracking_gap`` tag.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -15,38 +34,60 @@ from typing import Any
 MODEL_URI_TAG = "verydeep.model_uri"  # the best model directory of the run (read by `--init-from` and the sweep)
 LATEST_TAG = "verydeep.checkpoint_latest"
 PARENT_TAG = "mlflow.parentRunId"
+FAILURE_TAG = "verydeep.failure"  # why the run ended FAILED or KILLED: the CLI's `error:` line
+GAP_TAG = "verydeep.tracking_gap"  # set when the server was lost during the job and came back before the close
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+CLOSE_WAIT_ENV = "VERYDEEP_MLFLOW_CLOSE_WAIT_S"
+CLOSE_WAIT_S = 120.0
+GAP_TEXT = ("the tracking server was unreachable during the job: metrics and tags of that time are missing here; "
+            "the checkpoints' train_state.json holds the full history")
+
+
+def bound_mlflow_retries() -> None:
+    """Bound MLflow's HTTP retries (minutes per call by default) and silence the per-retry log lines."""
+    # Users can still set their own values.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # urllib3 logs every retry of MLflow's HTTP client, and MLflow's system-metrics thread logs its own failure:
+    # the tracker's single warning says it all.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
+
+
+def close_wait_s() -> float:
+    """How long the driver waits for a lost server before giving up on closing the run."""
+    return float(os.environ.get(CLOSE_WAIT_ENV) or CLOSE_WAIT_S)
 
 
 class Tracker:
-    """One MLflow run; every method is a no-op on other ranks, when disabled, or after the first failure."""
+    """One MLflow run; every method is a no-op when disabled, or after a failure until the server is back."""
 
     def __init__(self, enabled: bool, tracking_uri: str | None, experiment: str) -> None:
         self.enabled, self.tracking_uri, self.experiment = enabled, tracking_uri, experiment
-        # MLflow's HTTP client retries a dead server for minutes per call by default; a training step must not
-        # wait that long. Users can still set their own values.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        bound_mlflow_retries()
         self.run_id: str | None = None
+        self.lost = False  # a call failed: quiet until `reconnect` finds the server again
+        self._warned = False
         self._client: Any = None
+        self._monitor: Any = None
 
     def _fail(self, what: str, error: BaseException) -> None:
-        self.enabled = False
-        reason = " ".join(str(error).split())[:200]
-        print(f"WARNING: MLflow tracking stopped ({what}: {type(error).__name__}: {reason}); training goes on, "
-              "checkpoints hold the results", file=sys.stderr, flush=True)
-        self._release()
+        self.enabled, self.lost = False, True
+        if not self._warned:
+            self._warned = True
+            reason = " ".join(str(error).split())[:200]
+            # One write, not print(): Ray Train's print patch emits a worker's stderr print twice.
+            sys.stderr.write(f"WARNING: MLflow tracking stopped ({what}: {type(error).__name__}: {reason}); training "
+                             "goes on, checkpoints hold the results\n")
+            sys.stderr.flush()
+        self.release()
 
-    def _release(self) -> None:
-        """Leave no active run or system-metrics thread behind in this process (best effort, server likely gone)."""
-        import mlflow
-        from mlflow.tracking import fluent
-
-        monitor = getattr(fluent, "run_id_to_system_metrics_monitor", {}).pop(self.run_id, None)
-        for close in ((monitor.finish if monitor is not None else None), mlflow.end_run):
-            if close is None:
-                continue
+    def release(self) -> None:
+        """Stop this process's system-metrics thread (best effort); the run's status is left to the driver."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
             try:
-                close()
+                monitor.finish()
             except Exception:  # the server that just failed: nothing more to say about it
                 pass
 
@@ -59,53 +100,81 @@ class Tracker:
             self._fail(what, e)
             return None
 
+    def _connect(self) -> Any:
+        import mlflow
+
+        if self.tracking_uri:
+            mlflow.set_tracking_uri(self.tracking_uri)  # for log_model, which logs through the global URI
+        self._client = mlflow.MlflowClient(self.tracking_uri)
+        return self._client
+
     def start(self, run_id: str | None, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
-        """Open the run: resume ``run_id`` when given (a resumed job), else create it and log the params."""
+        """Open the run (the driver): reopen ``run_id`` when given (a resume; an earlier failure's tags are cleared),
+        else create it with ``tags`` and log ``params``."""
         if not self.enabled:
             return
 
         def open_run() -> str:
-            import mlflow
+            from mlflow.entities import Param
+            from mlflow.tracking.context.registry import resolve_tags
 
-            if self.tracking_uri:
-                mlflow.set_tracking_uri(self.tracking_uri)
-            self._client = mlflow.MlflowClient()
+            client = self._connect()
             if run_id is not None:
-                mlflow.start_run(run_id=run_id, log_system_metrics=True)
-            else:
-                mlflow.set_experiment(self.experiment)
-                mlflow.start_run(run_name=run_name, tags=dict(tags), log_system_metrics=True)
-                # At most 100 params per call (MLflow's batch limit).
-                items = list(params.items())
-                for i in range(0, len(items), 100):
-                    mlflow.log_params(dict(items[i:i + 100]))
-            return mlflow.active_run().info.run_id
+                client.update_run(run_id, status="RUNNING")
+                old = client.get_run(run_id).data.tags
+                for key in (FAILURE_TAG, GAP_TAG):
+                    if key in old:
+                        client.delete_tag(run_id, key)
+                if NOTE_TAG in old and old[NOTE_TAG] == old.get(FAILURE_TAG):
+                    client.delete_tag(run_id, NOTE_TAG)
+                return run_id
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            # resolve_tags adds what fluent start_run would (user, source, git commit).
+            new = client.create_run(exp_id, run_name=run_name, tags=resolve_tags(dict(tags))).info.run_id
+            items = [Param(k, str(v)) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # at most 100 params per call (MLflow's batch limit)
+                client.log_batch(new, params=items[i:i + 100])
+            return new
 
         self.run_id = self._call("start run", open_run)
+
+    def attach(self, run_id: str | None) -> None:
+        """Log into the driver's open run from the rank-0 worker, with system metrics; never changes its status."""
+        if not self.enabled or run_id is None:
+            return
+
+        def attach_run() -> str:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._connect()
+            self._monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=self.tracking_uri)
+            self._monitor.start()
+            return run_id
+
+        self.run_id = self._call("attach to run", attach_run)
 
     def metrics(self, values: Mapping[str, float], step: int) -> None:
         """Log metrics at optimiser step ``step``."""
         if self.run_id is None:
             return
-        import mlflow
+        from mlflow.entities import Metric
 
-        self._call("log metrics", mlflow.log_metrics, {k: float(v) for k, v in values.items()}, step=step)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self._call("log metrics", lambda: self._client.log_batch(self.run_id, metrics=batch))
 
     def tag(self, key: str, value: str) -> None:
         """Set a run tag (checkpoint URIs)."""
         if self.run_id is None:
             return
-        import mlflow
-
-        self._call("set tag", mlflow.set_tag, key, value)
+        self._call("set tag", lambda: self._client.set_tag(self.run_id, key, value))
 
     def artifact_text(self, text: str, name: str) -> None:
         """Store a small text file (e.g. the resolved config) with the run."""
         if self.run_id is None:
             return
-        import mlflow
-
-        self._call("log text", mlflow.log_text, text, name)
+        self._call("log text", lambda: self._client.log_text(self.run_id, text, name))
 
     def log_model(self, model: Any, registered_name: str, alias: str = "best") -> None:
         """Log the final (best) model with mlflow.pytorch, register it and point ``alias`` at the new version."""
@@ -118,13 +187,15 @@ class Tracker:
             import numpy as np
             import torch
 
+            # The logged model belongs to the active experiment, not to the run's: make them the same.
+            mlflow.set_experiment(experiment_id=self._client.get_run(self.run_id).info.experiment_id)
             crop = getattr(model, "crop", 224)
             # Pickle keeps any batch size (a pt2 export fixes the example's); loading needs verydeep installed.
             # Explicit requirements skip MLflow's slow import-capturing subprocess.
             info = mlflow.pytorch.log_model(
                 model, name="model", registered_model_name=registered_name, serialization_format="pickle",
                 input_example=np.zeros((1, 3, crop, crop), np.float32),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], run_id=self.run_id)
             version = getattr(info, "registered_model_version", None)
             if version is not None:
                 self._client.set_registered_model_alias(registered_name, alias, str(version))
@@ -133,10 +204,42 @@ class Tracker:
             warnings.simplefilter("ignore")  # pip-requirement inference warnings are noise here
             self._call("log model", log)
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Close the run with ``status`` (FINISHED, FAILED or KILLED)."""
+    def reconnect(self) -> bool:
+        """Whether the server answers (the driver, before closing): after a failure, wait for it up to
+        ``close_wait_s()``; when it is back, tracking is on again and the gap is tagged."""
         if self.run_id is None:
-            return
-        import mlflow
+            return False
+        if not self.lost:
+            self._call("get run", lambda: self._client.get_run(self.run_id))
+            if not self.lost:
+                return self.enabled
+        wait = close_wait_s()
+        print(f"MLflow: waiting up to {wait:g} s for the tracking server to close run {self.run_id}", flush=True)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._client.get_run(self.run_id)
+                break
+            except Exception:
+                if time.monotonic() >= deadline:
+                    print(f"MLflow: the tracking server did not answer within {wait:g} s; run {self.run_id} is "
+                          "left RUNNING: run the same command again to close it", flush=True)
+                    return False
+                time.sleep(1.0)
+        self.enabled, self.lost = True, False
+        self.tag(GAP_TAG, GAP_TEXT)
+        return self.enabled
 
-        self._call("end run", mlflow.end_run, status=status)
+    def end(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        """Close the run with ``status`` (FINISHED, FAILED or KILLED), ``reason`` as its failure tag and description;
+        after an outage, once the server is back (see ``reconnect``)."""
+        if self.run_id is None or (self.lost and not self.reconnect()):
+            return
+
+        def close() -> None:
+            if reason:
+                self._client.set_tag(self.run_id, FAILURE_TAG, reason)
+                self._client.set_tag(self.run_id, NOTE_TAG, reason)
+            self._client.set_terminated(self.run_id, status)
+
+        self._call("end run", close)

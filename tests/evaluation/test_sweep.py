@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -211,3 +212,35 @@ def test_models_resolve_from_s3_and_from_mlflow_runs(s3_server, untrained_model,
     bare = client.create_run(client.get_experiment_by_name("eval-test").experiment_id).info.run_id
     with pytest.raises(ValueError, match="no verydeep.model_uri tag"):
         load(f"runs:/{bare}", tracking_uri=uri)
+
+
+@pytest.mark.ray
+def test_an_unreachable_tracking_server_costs_one_warning_and_under_30_s(prepared_shards, untrained_model, tmp_path,
+                                                                          capsys, monkeypatch):
+    import socket
+
+    import evaluation.sweep as sweep
+
+    with socket.socket() as s:  # a loopback port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    spent: list[float] = []
+
+    def timed(*args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return log_sweep(*args, **kwargs)
+        finally:
+            spent.append(time.monotonic() - t0)
+
+    log_sweep = sweep.log_sweep
+    monkeypatch.setattr(sweep, "log_sweep", timed)
+    out = tmp_path / "out"
+    argv = ["--model", str(untrained_model), "--data", prepared_shards, "--scales", "40", "--out", str(out),
+            "--tracking-uri", dead, "--batch-size", "4"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert spent and spent[0] < 30, spent  # MLflow's defaults retried for 265 s
+    assert err.count("WARNING") == 1 and "MLflow logging failed" in err and str(out / "report") in err
+    assert "Retrying" not in err
+    assert (out / "report" / "table3_single_scale.md").exists()

@@ -49,3 +49,17 @@ def test_ladder_runs_each_rung_from_the_last_and_skips_done_rungs(prepared_shard
     out = capsys.readouterr().out
     assert out.count("already complete") == 4
     assert [ckpt.find_latest(str(tmp_path / "runs"), n)[1].step for n in names] == [s.step for s in states]
+
+
+def test_a_failing_rung_closes_the_ladders_parent_run_failed_with_the_reason(ray_local, tmp_path, capsys):
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = ["paper", "--arch", "A", "--data", str(tmp_path / "missing" / "manifest.json"), "--storage",
+            str(tmp_path / "runs"), "--tracking-uri", tracking]
+    assert main(argv) == 2
+    (err,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert err.startswith("error: rung A-S256: cannot read manifest"), err
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    (parent,) = client.search_runs([client.get_experiment_by_name("verydeep").experiment_id],
+                                   filter_string="tags.`verydeep.ladder` = 'paper-A'")
+    assert parent.info.status == "FAILED"  # was left RUNNING
+    assert parent.data.tags["verydeep.failure"] == err.removeprefix("error: ")
