@@ -172,6 +172,7 @@ def run_ray(shards: list[str], args: argparse.Namespace, storage_path: str) -> d
 
     from pipeline import storage
     from pipeline.dataset import TRAIN, SplitDataConfig, read_shards
+    from trainer.distributed import torch_config
 
     fs, _ = storage.resolve(shards[0])
     out = Path(storage_path) / f"rates-{time.time_ns()}.json"
@@ -181,6 +182,7 @@ def run_ray(shards: list[str], args: argparse.Namespace, storage_path: str) -> d
         train_loop_config={"epochs": 1 + args.epochs, "prefetch": args.prefetch,
                            "shuffle_buffer": args.shuffle_buffer,
                            "out": str(out)},
+        torch_config=torch_config(use_gpu=False),
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.worker_cpus}),
         run_config=ray.train.RunConfig(name=f"e2e-{time.time_ns()}", storage_path=storage_path),
         datasets={TRAIN: read_shards(shards, filesystem=fs, shuffle_seed=0)},

@@ -27,6 +27,7 @@ from pipeline.manifest import Manifest, ManifestError, load_manifest
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
+from trainer.distributed import torch_config
 from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
 from trainer.tracking import GAP_TAG, GAP_TEXT, MODEL_URI_TAG, PARENT_TAG, Tracker, bound_mlflow_retries
 from vgg.card import load_model
@@ -289,6 +290,7 @@ def run_job(cfg: TrainConfig, manifest: Manifest, tracking: str, tracker: Tracke
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": to_dict(cfg), "info": asdict(info)},
+        torch_config=torch_config(use_gpu),
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.cluster.workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cfg.cluster.cpus_per_worker}),
         run_config=ray.train.RunConfig(
