@@ -143,6 +143,37 @@ def test_relative_outputs_are_refused_inside_a_job_only(uri, refused):
         check_job_output("--storage", uri, "s3://...", JOB, "/home/me")
 
 
+def test_every_command_refuses_relative_outputs_inside_a_job_before_any_work(monkeypatch, tmp_path, capsys):
+    from evaluation.sweep import main as sweep
+    from pipeline.prepare import main as prepare
+    from trainer.recipe import main as recipe
+    from trainer.run import main as train
+
+    for name, value in JOB.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    manifest = str(tmp_path / "shards" / "manifest.json")
+    server = "http://127.0.0.1:9"  # never contacted: the refusal comes first
+    cases = [
+        (train, ["--smoke", "--data", manifest], "--tracking-uri sqlite:///mlflow.db is relative"),
+        (train, ["--smoke", "--data", manifest, "--tracking-uri", server], "--storage ./runs is relative"),
+        (train, ["--smoke", "--data", manifest, "--tracking-uri", server, "--storage", "ckpt"],
+         "--storage ckpt is relative"),
+        (recipe, ["paper", "--smoke", "--data", manifest], "--tracking-uri sqlite:///mlflow.db is relative"),
+        (sweep, ["--model", "m", "--data", manifest], "--out sweep is relative"),
+        (sweep, ["--model", "m", "--data", manifest, "--out", str(tmp_path / "out")],
+         "--tracking-uri sqlite:///mlflow.db is relative"),
+        (prepare, ["--src", str(tmp_path), "--dst", "shards"], "--dst shards is relative"),
+    ]
+    for command, argv, message in cases:
+        assert command(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {message}: inside a Ray job (RAY_JOB_CONFIG_JSON_ENV_VAR is set)"), err
+        assert "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no Ray started
+
+
 # ---- real Ray, in child processes ------------------------------------------------------------------------------------
 
 
