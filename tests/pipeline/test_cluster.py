@@ -258,8 +258,6 @@ def test_commands_join_a_running_head_and_local_starts_their_own(ray_tmpdir, tin
         assert got["gcs"] == gcs and got["cpus"] == 3
         assert lines == [f"ray: joined the cluster at {gcs} (3 CPUs, 0 GPUs; from the running cluster recorded in "
                          f"{ray_tmpdir}/ray/ray_current_cluster)"]
-        got, lines, _ = drive(ray_tmpdir, "auto", **extra)
-        assert got["gcs"] == gcs
         got, lines, _ = drive(ray_tmpdir, RAY_ADDRESS=gcs, **extra)
         assert got["gcs"] == gcs and lines[0].endswith("from RAY_ADDRESS)")
         got, lines, _ = drive(ray_tmpdir, "local", **extra)
