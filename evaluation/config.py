@@ -15,6 +15,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from evaluation.methods import METHODS
 from pipeline.cli import OneLineParser, check_finite, check_http_url
+from pipeline.cluster import ADDRESS_FORMS, is_address
 from pipeline.decode import BACKENDS
 
 REPEATED = {"model"}  # tuple fields given as a repeated flag rather than one flag with several values
@@ -48,8 +49,10 @@ class SweepConfig:
     max_crops: int = option(250, "crops per multi-crop forward pass")
     decoder: str = option("auto", "JPEG decoder: auto = DALI on GPUs, the CPU decoder on CPUs", choices=BACKENDS)
     gpus_per_task: float = option(1.0, "GPUs per (net, Q, shard) task when the cluster has GPUs")
-    ray_address: str | None = option(None, "Ray cluster to join (default: the running one, else a local one)",
-                                     metavar="ADDR")
+    ray_address: str | None = option(
+        None, "Ray to use: auto = the cluster running on this machine, local = a Ray of this sweep's own, host:port or "
+        "ray://host:port = that cluster (default: RAY_ADDRESS, else a running cluster, else a local Ray)",
+        metavar="ADDR")
     mlflow: bool = option(True, "log the sweep to MLflow (parent run, child run per net, Q and method)")
     tracking_uri: str | None = option(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI); also resolves "
                                       "runs:/ model sources", metavar="URI")
@@ -73,6 +76,8 @@ class SweepConfig:
             raise ValueError(f"methods must be among {', '.join(METHODS)}, got {', '.join(self.methods) or 'none'}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be positive, got {self.max_images}")
+        if self.ray_address is not None and not is_address(self.ray_address):
+            raise ValueError(f"bad --ray-address {self.ray_address!r}: expected {ADDRESS_FORMS}")
         if self.batch_size < 1 or self.max_crops < 1 or self.gpus_per_task <= 0:
             raise ValueError("batch_size, max_crops and gpus_per_task must be positive")
         # Canonical order: the same request gives the same runs and files whatever the flag order.

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import functools
-import logging
+import os
 import sys
 import tempfile
 import time
@@ -30,10 +30,11 @@ from evaluation.posteriors import PosteriorStore, Posteriors, data_id, shard_lim
 from evaluation.report import Report, ReportError, build_report
 from evaluation.shard import ShardResult, evaluate_shard, views_of
 from evaluation.tracking import log_sweep
-from pipeline import storage
+from pipeline import cluster, storage
 from pipeline.manifest import Manifest, ManifestError, load_manifest
 
 REPORT_DIR = "report"
+MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store when no tracking URI is set
 
 
 class SweepError(ValueError):
@@ -166,21 +167,13 @@ class Progress:
               f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=sys.stderr, flush=True)
 
 
-def init_ray(address: str | None) -> None:
-    """Join the given or running Ray cluster, else start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING)
-
-
 def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence[Unit]) -> None:
     """Run the units as Ray tasks and store each one's posteriors as it finishes."""
     if not units:
         return
     import ray
 
-    init_ray(cfg.ray_address)
+    cluster.connect(cfg.ray_address)
     gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
     task = ray.remote(evaluate_shard).options(num_cpus=1, num_gpus=gpus, max_retries=2)
     states = {m.model_id: ray.put(m.state) for m in plan.models}  # once per net, shared by all its tasks
@@ -221,8 +214,17 @@ def write_report(report: Report, out: str, endpoint: str | None, local: Path) ->
     return uri, [storage.join(uri, f.name) for f in files]
 
 
+def check_outputs(cfg: SweepConfig) -> None:
+    """Inside a Ray job, a relative ``--out`` or local tracking store would vanish with the job's working directory."""
+    cluster.check_job_output("--out", cfg.out, "an absolute path on shared storage or s3://bucket/prefix")
+    if cfg.mlflow:
+        tracking = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or MLFLOW_DEFAULT_URI
+        cluster.check_job_output("--tracking-uri", tracking, "an http(s):// MLflow server, or --no-mlflow")
+
+
 def run(cfg: SweepConfig) -> SweepResult:
     """Plan, compute what is missing, report, log: the whole sweep."""
+    check_outputs(cfg)
     plan = make_plan(cfg)
     store = PosteriorStore(cfg.out, plan.data, cfg.s3_endpoint)
     units = pending_units(plan, store, cfg.methods)
@@ -256,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             raise SweepError(str(e)) from None
         result = run(cfg)
-    except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError) as e:
+    except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError, cluster.ClusterError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(result.report.markdown())

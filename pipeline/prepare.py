@@ -47,17 +47,13 @@ it ends with the same manifest, byte for byte, as a run that was never interrupt
 
 from __future__ import annotations
 
-import os
-
-# Ray binds the machine's external interface unless told otherwise; set before anything imports ray.
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
 import argparse
 import csv
 import hashlib
 import io
 import json
 import math
+import os
 import sys
 import time
 import typing
@@ -72,7 +68,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import storage
+from pipeline import cluster, storage
 from pipeline.cli import OneLineParser, check_finite, check_http_url
 from pipeline.manifest import FORMAT, MANIFEST_NAME, Manifest, ManifestError, Shard, Split, Stats, load_manifest
 from pipeline.storage import StorageError
@@ -160,7 +156,14 @@ class PrepareConfig:
     )
     s3_region: str | None = field(default=None, metadata=_help("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)"))
     num_cpus: int | None = field(
-        default=None, metadata=_help("CPUs of the local Ray instance (ignored when RAY_ADDRESS names a cluster)")
+        default=None, metadata=_help("CPUs of a local Ray (default: the cores; ignored when joining a cluster)")
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata=_help(
+            "Ray to use: auto = the cluster running on this machine, local = a Ray of this job's own, host:port or "
+            "ray://host:port = that cluster (default: RAY_ADDRESS, else a running cluster, else a local Ray)"
+        ),
     )
     read_threads: int = field(default=16, metadata=_help("concurrent source reads inside each shard task (I/O bound)"))
 
@@ -182,6 +185,8 @@ class PrepareConfig:
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         check_http_url("s3_endpoint", self.s3_endpoint)
+        if self.ray_address is not None and not cluster.is_address(self.ray_address):
+            raise ValueError(f"bad ray_address {self.ray_address!r}: expected {cluster.ADDRESS_FORMS}")
 
     @property
     def target_shard_bytes(self) -> int:
@@ -712,17 +717,6 @@ def _shard_task(row: dict) -> dict:
 # The job
 
 
-def _init_ray(num_cpus: int | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)  # an existing cluster: ray.init reads RAY_ADDRESS itself
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False)
-
-
 def _run_shards(specs: list[dict], memory_per_task: int) -> Iterator[dict]:
     # One Ray Data row per planned shard: the task reads, validates and converts its files and writes its shard.
     # Compared with a per-file map_batches followed by a groupby (or write_parquet), this moves no image bytes
@@ -758,6 +752,7 @@ def prepare(cfg: PrepareConfig) -> Manifest:
     """Run the ingestion job end to end and return the manifest it wrote (or found already complete)."""
     start = time.monotonic()
     ep, rg = cfg.s3_endpoint, cfg.s3_region
+    cluster.check_job_output("--dst", cfg.dst, "an absolute path on shared storage or s3://bucket/prefix")
     src, dst = _normalise(cfg.src), _normalise(cfg.dst)
     # Storage is checked before Ray starts, so that a bad bucket or key ends in one line, not a cluster's worth.
     storage.check_access(src, create=False, endpoint=ep, region=rg)
@@ -820,7 +815,7 @@ def prepare(cfg: PrepareConfig) -> Manifest:
         }
         for p in plans
     ]
-    _init_ray(cfg.num_cpus)
+    cluster.connect(cfg.ray_address, local_cpus=cfg.num_cpus or os.cpu_count() or 1)
     results: dict[str, dict] = {}
     memory = 3 * max(cfg.target_shard_bytes, 64 * MiB)  # source bytes + table + encoded Parquet, held at once
     for r in _run_shards(specs, memory):
@@ -886,7 +881,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         prepare(cfg)
-    except (StorageError, PrepareError, ManifestError) as exc:
+    except (StorageError, PrepareError, ManifestError, cluster.ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -27,6 +27,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from pipeline.cli import OneLineParser, check_finite
+from pipeline.cluster import ADDRESS_FORMS, is_address
 from vgg.augment import PCA_STD
 from vgg.model import ARCHS, INITS, STRIDE
 from vgg.protocol import (
@@ -356,11 +357,17 @@ class ClusterConfig(_Section):
     cpus_per_worker: float = option(
         1.0, "CPUs reserved per training worker; fractional allowed (0.5 leaves room for Ray Data on 2-core hosts)")
     max_failures: int = option(3, "restarts from the last checkpoint after a worker failure; -1 = unlimited")
+    ray_address: str | None = option(
+        None, "Ray to use: auto = the cluster running on this machine, local = a Ray of this job's own, host:port or "
+        "ray://host:port = that cluster; none = RAY_ADDRESS, else a running cluster, else a local Ray",
+        metavar="ADDR")
 
     def _validate(self) -> None:
         _check(self.workers >= 1, "workers", self.workers, "a positive integer")
         _check(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number")
         _check(self.max_failures >= -1, "max_failures", self.max_failures, "an integer >= -1")
+        _check(self.ray_address is None or is_address(self.ray_address), "ray_address", self.ray_address,
+               ADDRESS_FORMS)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """Train one net of Table 1 on a Ray cluster: ``python -m trainer.run --arch E --data s3://bucket/shards``.
 
-    ray job submit -- python -m trainer.run --arch E --data s3://bucket/imagenet --workers 32 --storage s3://ckpt
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m trainer.run --arch E --workers 32 \\
+        --data s3://bucket/imagenet --storage s3://bucket/ckpt --tracking-uri http://mlflow:5000
     python -m trainer.run --config a_256 --smoke          # one machine, a local Ray, a minute on a CPU
 
 Everything that can be checked before cluster time is spent is checked first (manifest, storage, init source,
 resources, tracking), each failure one ``error:`` line and exit code 2. The same command with the same ``--name``
-and ``--storage`` resumes from the latest checkpoint into the same MLflow run. Inside a Ray job (``RAY_ADDRESS`` set,
-as ``ray job submit`` does) it joins that cluster; otherwise it starts a local Ray.
+and ``--storage`` resumes from the latest checkpoint into the same MLflow run. Ray is found as every command finds it
+(``pipeline.cluster``): ``--ray-address``, else ``RAY_ADDRESS`` (set inside a Ray job), else a cluster running on
+this machine, else a local Ray. Inside a Ray job a relative ``--storage`` or tracking store is refused: it
+would vanish with the job's working directory.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import storage
+from pipeline import cluster, storage
 from pipeline.dataset import TRAIN, VAL, SplitDataConfig, read_shards
 from pipeline.manifest import Manifest, ManifestError, load_manifest
 from trainer import checkpoint as ckpt
@@ -61,8 +64,11 @@ def smoke_manifest() -> str:
 
 def tracking_uri(cfg: TrainConfig) -> str:
     """The MLflow tracking URI: the flag, else MLFLOW_TRACKING_URI, else a local store in the working directory --
-    made absolute so that workers in other directories write to the same store."""
+    made absolute so that workers in other directories write to the same store. Inside a Ray job a relative store
+    would vanish with the job's working directory: JobError."""
     uri = cfg.run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    check_job_output("--tracking-uri", uri, "an http(s):// MLflow server (or an absolute sqlite://// path on shared "
+                                            "storage)")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
     elif uri.startswith("file:") and not uri.startswith("file:///"):
@@ -73,8 +79,17 @@ def tracking_uri(cfg: TrainConfig) -> str:
 
 
 def absolute_storage(uri: str) -> str:
-    """Ray Train wants an absolute local path or a URI."""
+    """Ray Train wants an absolute local path or a URI; inside a Ray job a relative path is refused (JobError)."""
+    check_job_output("--storage", uri, "an absolute path on shared storage or s3://bucket/prefix")
     return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def check_job_output(flag: str, uri: str, instead: str) -> None:
+    """Raise JobError when a Ray job would write ``uri`` into Ray's session directory, where it vanishes."""
+    try:
+        cluster.check_job_output(flag, uri, instead)
+    except cluster.ClusterError as e:
+        raise JobError(str(e)) from None
 
 
 def check_init_source(cfg: TrainConfig, num_classes: int, tracking: str) -> None:
@@ -116,17 +131,13 @@ def check_resume(cfg: TrainConfig, state: ckpt.TrainState) -> None:
                            f"{now!r}: pass another --name to start a new run")
 
 
-def start_ray() -> None:
-    """Join the cluster of a Ray job (RAY_ADDRESS), else start a local Ray with room for Ray Data beside Train."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
-    else:
-        # Logical CPUs above the core count: a 2-core machine otherwise deadlocks Train workers against Ray Data.
-        ray.init(num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False)
+def start_ray(address: str | None = None) -> None:
+    """Join or start Ray by the rule of every command (pipeline.cluster): --ray-address, RAY_ADDRESS, a running
+    cluster, else a local Ray with room for Ray Data beside Train."""
+    try:
+        cluster.connect(address)
+    except cluster.ClusterError as e:
+        raise JobError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -356,7 +367,10 @@ def complete(cfg: TrainConfig, state: ckpt.TrainState) -> bool:
 
 def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConfig, ckpt.TrainState, str]:
     """Check, then train to the end of the schedule (or find the run already complete); raises JobError."""
-    start_ray()
+    # Inside a Ray job, outputs that would vanish with the job's working directory are refused before Ray starts.
+    tracking_uri(cfg)
+    absolute_storage(cfg.run.storage)
+    start_ray(cfg.cluster.ray_address)
     cfg, manifest, tracking, latest = plan(cfg)
     if latest is not None and complete(cfg, latest[1]):
         print(f"{cfg.run_name}: already complete ({latest[1].epoch} epochs) in {latest[0]}", flush=True)

@@ -7,12 +7,15 @@ Both start their own Ray processes apart from the suite's in-process Ray: a head
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -23,6 +26,7 @@ from trainer import checkpoint as ckpt
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--width", "0.125", "--fc-width", "16", "--crop", "32", "--scale", "36", "--batch-size", "8", "--init",
         "glorot", "--shuffle-buffer", "16", "--epochs", "2"]
 
@@ -33,14 +37,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def job_env() -> dict[str, str]:
+def job_env(**extra: str) -> dict[str, str]:
     """The environment a user has: the venv first on PATH (Ray runs jobs with the `python` it finds there)."""
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **extra}
     env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
-def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_path):
+@pytest.fixture
+def ray_tmpdir() -> Iterator[str]:
+    """A Ray temp dir of the test's own, so that its head's address file is not left where other commands look
+    (short: Ray's socket paths must stay under 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="vd-ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_path, ray_tmpdir):
     dashboard = free_port()
     ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
              "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
@@ -50,7 +64,8 @@ def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_pat
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--dashboard-host",
          "127.0.0.1", "--include-dashboard", "true", "--num-cpus", "4", "--disable-usage-stats",
          *[str(x) for kv in ports.items() for x in kv]],
-        env=job_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env=job_env(RAY_TMPDIR=ray_tmpdir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
         status = None
@@ -64,6 +79,24 @@ def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_pat
             time.sleep(2)
         assert status is not None and status.returncode == 0, status.stderr[-2000:] if status else "no head"
 
+        # The job's working directory is Ray's (--working-dir is unpacked under the head's session directory) and
+        # goes with the job: the default tracking store and a relative --storage are refused, in one line.
+        from ray.job_submission import JobStatus, JobSubmissionClient
+
+        refused = {"sqlite:///mlflow.db": [], "./runs": ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]}
+        for i, (relative, flags) in enumerate(refused.items()):
+            job = subprocess.run(
+                [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", f"verydeep-rel-{i}",
+                 "--working-dir", str(ROOT), "--", "python", "-m", "trainer.run", "--smoke", *TINY, "--data",
+                 prepared_shards, *flags], env=job_env(), capture_output=True, text=True, timeout=300)
+            assert job.returncode != 0, job.stdout[-3000:]
+            # One line, printed again in the CLI's "last available logs" of the failed job.
+            (error,) = {line for line in job.stdout.splitlines() if line.startswith("error: ")}
+            assert f"{relative} is relative: inside a Ray job" in error, job.stdout[-3000:]
+            assert "pass an absolute path on shared storage or s3://" in error or "pass an http(s)://" in error
+            assert JobSubmissionClient(address).get_job_status(f"verydeep-rel-{i}") == JobStatus.FAILED
+        assert not (tmp_path / "mlflow.db").exists()  # refused before anything was written
+
         tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "verydeep-e-smoke", "--",
@@ -72,8 +105,6 @@ def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_pat
             env=job_env(), capture_output=True, text=True, timeout=900)
         assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-2000:]
         assert "done: E-S36-smoke after 2 epochs" in submit.stdout
-        from ray.job_submission import JobStatus, JobSubmissionClient
-
         assert JobSubmissionClient(address).get_job_status("verydeep-e-smoke") == JobStatus.SUCCEEDED
 
         _, state = ckpt.find_latest(str(tmp_path / "runs"), "E-S36-smoke")

@@ -25,7 +25,7 @@ variable "tags" {
 # --- images -------------------------------------------------------------------------------------
 
 variable "ray_image" {
-  description = "Container image with Ray and verydeep installed (CUDA build), e.g. <account>.dkr.ecr.<region>.amazonaws.com/verydeep:<tag>."
+  description = "Image with Ray and verydeep installed (build infra/ray/Dockerfile), e.g. <account>.dkr.ecr.<region>.amazonaws.com/verydeep:<tag>."
   type        = string
 
   validation {
