@@ -146,11 +146,11 @@ def test_one_worker_reruns_and_a_killed_worker_end_bit_identical(many_shards, ra
 
 def driver(argv: list[str], log_dir: Path, ray_tmp: str) -> subprocess.Popen:
     """``python -m trainer.run`` as a user runs it, with a Ray of its own (its own temp dir) that dies with it."""
-    env = {**os.environ, "VERYDEEP_KEYS_LOG": str(log_dir), "RAY_TMPDIR": ray_tmp, "VERYDEEP_STEP_DELAY_S": "0.5",
-           "RAY_ADDRESS": "local"}
+    env = {**os.environ, "VERYDEEP_KEYS_LOG": str(log_dir), "RAY_TMPDIR": ray_tmp, "VERYDEEP_STEP_DELAY_S": "0.5"}
+    env.pop("RAY_ADDRESS", None)
     with open(log_dir.with_suffix(".out"), "a") as out:  # a file, not a pipe: nobody reads it while it runs
-        return subprocess.Popen([sys.executable, "-m", "trainer.run", *argv], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen([sys.executable, "-m", "trainer.run", *argv, "--ray-address", "local"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, log_dir: Path) -> str:
@@ -204,7 +204,7 @@ def test_two_workers_on_s3_a_killed_driver_ends_bit_identical(many_shards, tmp_p
         kill_when(target, "", killed, proc)
         proc.wait(timeout=60)
         assert killed and proc.returncode == -9
-        assert wait_gone(ray_tmp) == [], "the killed driver's Ray outlived it"
+        assert wait_gone(ray_tmp, timeout=10) == [], "the killed driver's Ray outlived it by 10 s"
         _, state = ckpt.find_latest(str(tmp_path / "runs"), "crash")
         assert state.step < 2 * STEPS_PER_EPOCH, "the driver was killed too late to test a resume"
         out = finish(driver(args(manifest, tmp_path, "crash", *two), logs["crash"], ray_tmp), logs["crash"])
