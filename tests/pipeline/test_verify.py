@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from damage import where  # noqa: F401 (a fixture)
 from damage import break_footer, copy_dataset, flip_image_page, truncate
 from pipeline import storage
 from pipeline.dataset import SplitDataConfig, iter_epoch, read_shards
@@ -16,14 +17,6 @@ from pipeline.prepare import PrepareConfig, prepare
 from pipeline.verify import ShardError, error_line, inspect_shards, read_table
 
 pytestmark = pytest.mark.ray  # prepared_shards ingests through Ray
-
-
-@pytest.fixture(params=["local", "s3"])
-def where(request, tmp_path) -> str:
-    """A fresh directory for a copy of the dataset: local, or a bucket on the loopback S3 server."""
-    if request.param == "local":
-        return str(tmp_path / "data")
-    return storage.join(request.getfixturevalue("s3_server").create_bucket(), "data")
 
 
 def one_line_naming(error: BaseException, uri: str, *words: str) -> str:

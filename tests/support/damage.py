@@ -5,9 +5,18 @@ from __future__ import annotations
 import io
 
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline import storage
 from pipeline.manifest import MANIFEST_NAME, load_manifest
+
+
+@pytest.fixture(params=["local", "s3"])
+def where(request, tmp_path) -> str:
+    """A fresh directory for a copy of the dataset: local, or a bucket on the loopback S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "data")
+    return storage.join(request.getfixturevalue("s3_server").create_bucket(), "data")
 
 
 def copy_dataset(manifest: str, dst: str) -> str:
@@ -45,10 +54,10 @@ def truncate(uri: str, keep: float = 0.6) -> None:
 
 
 def break_footer(uri: str) -> None:
-    """Overwrite the middle of the Parquet footer (the file metadata) with garbage; the size stays the same."""
+    """Overwrite the start of the Parquet footer (the file metadata) with garbage; the size stays the same."""
     data = bytearray(storage.read_bytes(uri))
     footer_len = int.from_bytes(data[-8:-4], "little")
     start = len(data) - 8 - footer_len
-    for i in range(start + footer_len // 3, start + footer_len // 3 + 16):
+    for i in range(start, start + 16):
         data[i] = 0xEE
     storage.write_bytes_atomic(uri, bytes(data))
