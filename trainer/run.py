@@ -11,6 +11,7 @@ as ``ray job submit`` does) it joins that cluster; otherwise it starts a local R
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -23,7 +24,8 @@ import yaml
 
 from pipeline import storage
 from pipeline.dataset import TRAIN, VAL, SplitDataConfig, read_shards
-from pipeline.manifest import Manifest, ManifestError, load_manifest
+from pipeline.manifest import FORMAT, Manifest, ManifestError, load_manifest
+from pipeline.verify import ShardError, error_line, inspect_shards
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
@@ -51,7 +53,7 @@ def smoke_manifest() -> str:
 
     root = cache_dir() / SMOKE_DATA
     manifest = root / "shards" / "manifest.json"
-    if not manifest.exists():
+    if not manifest.exists() or json.loads(manifest.read_text()).get("format") != FORMAT:  # absent, or older
         print(f"preparing the smoke dataset (scikit-learn's digits) into {root} ...", flush=True)
         render_digits(root / "images")
         prepare(PrepareConfig(src=str(root / "images"), dst=str(root / "shards")))
@@ -153,6 +155,7 @@ def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.
         cfg = compose(to_dict(cfg), {"data": smoke_manifest()})
     try:
         manifest = load_manifest(cfg.data.data)  # type: ignore[arg-type]
+        inspect_shards(manifest, [TRAIN, VAL])  # a truncated shard or a damaged footer: one line, before any run
         storage.check_access(cfg.run.storage, create=True)
     except (ManifestError, storage.StorageError) as e:
         raise JobError(str(e)) from None
@@ -203,6 +206,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
     use_gpu = check_resources(cfg)
     state = latest[1] if latest else None
     start_epoch = state.epoch if state else 0
+    data = datasets(cfg, manifest, start_epoch)  # small splits are read (and verified) here: before the run opens
     tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
     storage_uri = absolute_storage(cfg.run.storage)
     info = JobInfo(mean=tuple(map(float, manifest.mean_rgb)), eigval=tuple(map(float, manifest.eigval)),
@@ -228,14 +232,15 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max"),
         ),
-        datasets=datasets(cfg, manifest, start_epoch),
+        datasets=data,
         dataset_config=SplitDataConfig(),
     )
     try:
         trainer.fit()
     except Exception as e:  # TrainingFailedError and friends: the cause is in the worker's log above
         tracker.end("FAILED")
-        raise JobError(f"training failed: {' '.join(str(e).split())[:400]}") from None
+        damaged = error_line(e)  # a damaged shard found by a worker's read: its own line names it
+        raise JobError(damaged or f"training failed: {' '.join(str(e).split())[:400]}") from None
     final = ckpt.find_latest(storage_uri, cfg.run_name)
     if final is None:
         tracker.end("FAILED")
@@ -290,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv, prog=PROG)
     try:
         cfg, state, tracking = train(cfg)
-    except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (JobError, ShardError) as e:  # ShardError: a damaged shard found while caching a split in this process
+        print(f"error: {error_line(e) if isinstance(e, ShardError) else e}", file=sys.stderr)
         return 1 if str(e).startswith("training failed") else 2
     print(summary(cfg, state, tracking))
     return 0
