@@ -73,19 +73,20 @@ def shard_error(exc: BaseException, uri: str, what: str, note: str = "") -> stor
     return ShardError(f"shard {uri} is corrupt ({text}): {_REWRITE}")
 
 
-def open_verified(source: Any, uri: str) -> pq.ParquetFile:
-    """A Parquet reader over ``source`` (a path or open file) that verifies page checksums; ShardError names ``uri``."""
+def open_verified(source: Any, uri: str, verify: bool = True) -> pq.ParquetFile:
+    """A Parquet reader over ``source`` (a path or open file) that verifies page checksums; ShardError names ``uri``.
+    (``verify=False`` only to measure what verifying costs: benchmarks/verify_cost.py.)"""
     try:
         # pre_buffer: one coalesced read of a row group's column chunks, not one request per column (S3).
-        return pq.ParquetFile(source, page_checksum_verification=True, pre_buffer=True)
+        return pq.ParquetFile(source, page_checksum_verification=verify, pre_buffer=True)
     except (OSError, pa.ArrowException) as exc:
         raise shard_error(exc, uri, "footer") from None
 
 
-def read_verified(source: Any, uri: str, columns: Sequence[str] | None = None) -> list[pa.Table]:
+def read_verified(source: Any, uri: str, columns: Sequence[str] | None = None, verify: bool = True) -> list[pa.Table]:
     """Every row group of a shard (only ``columns``, all when None), each page's checksum verified before any is
     returned."""
-    return _row_groups(open_verified(source, uri), uri, columns)
+    return _row_groups(open_verified(source, uri, verify), uri, columns)
 
 
 def _row_groups(parquet: pq.ParquetFile, uri: str, columns: Sequence[str] | None) -> list[pa.Table]:
@@ -130,9 +131,9 @@ class ShardDatasource(FileBasedDatasource):
 
     _FILE_EXTENSIONS = ["parquet"]
 
-    def __init__(self, uris: Sequence[str], columns: Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, uris: Sequence[str], columns: Sequence[str], verify: bool = True, **kwargs: Any) -> None:
         super().__init__(list(uris), file_extensions=self._FILE_EXTENSIONS, **kwargs)
-        self._columns = list(columns)
+        self._columns, self._verify = list(columns), verify
         # Ray hands the read a filesystem path (bucket/key on S3); errors name the URI the user gave.
         self._scheme = storage.S3_SCHEME if storage.is_s3(uris[0]) else ""
 
@@ -141,7 +142,7 @@ class ShardDatasource(FileBasedDatasource):
         return filesystem.open_input_file(path)
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        for table in read_verified(f, self._scheme + path, self._columns):
+        for table in read_verified(f, self._scheme + path, self._columns, self._verify):
             if table.num_rows:
                 yield table
 
@@ -191,9 +192,13 @@ def inspect_shards(manifest: Manifest, splits: Sequence[str], endpoint: str | No
 
 
 def error_line(error: BaseException | str) -> str | None:
-    """The one-line ShardError message inside an error or its text (e.g. a Ray task's or Train worker's), or None."""
+    """The one-line ShardError message inside an error, its causes or their text (e.g. a Train worker's traceback
+    inside Ray Train's error), or None."""
+    if isinstance(error, str):
+        found = _LINE_RE.search(error)
+        return found.group(1) if found else None
     seen: set[int] = set()
-    exc: BaseException | None = error if isinstance(error, BaseException) else None
+    exc: BaseException | None = error
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         # A Ray task's error is also an instance of its cause's class, with Ray's own header as its text: go to the
@@ -201,6 +206,8 @@ def error_line(error: BaseException | str) -> str | None:
         cause = getattr(exc, "cause", None)
         if isinstance(exc, ShardError) and not isinstance(cause, BaseException):
             return str(exc).splitlines()[0]
+        found = _LINE_RE.search(str(exc))
+        if found:
+            return found.group(1)
         exc = cause if isinstance(cause, BaseException) else exc.__cause__ or exc.__context__
-    found = _LINE_RE.search(str(error))
-    return found.group(1) if found else None
+    return None
