@@ -165,8 +165,9 @@ def ray_worker_loop(config: dict) -> None:
     Path(config["out"]).write_text(json.dumps(result))
 
 
-def run_ray(shards: list[str], args: argparse.Namespace, storage_path: str) -> dict:
-    """One TorchTrainer run (1 worker): a warm-up epoch then ``args.epochs`` timed ones; images/s per epoch."""
+def run_ray(shards: list[str], args: argparse.Namespace, storage_path: str, dataset: object = None) -> dict:
+    """One TorchTrainer run (1 worker): a warm-up epoch then ``args.epochs`` timed ones; images/s per epoch.
+    ``dataset``: the training dataset to read instead of ``read_shards(shards)`` (benchmarks/verify_cost.py)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -185,7 +186,7 @@ def run_ray(shards: list[str], args: argparse.Namespace, storage_path: str) -> d
         torch_config=torch_config(use_gpu=False),
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": args.worker_cpus}),
         run_config=ray.train.RunConfig(name=f"e2e-{time.time_ns()}", storage_path=storage_path),
-        datasets={TRAIN: read_shards(shards, filesystem=fs, shuffle_seed=0)},
+        datasets={TRAIN: dataset if dataset is not None else read_shards(shards, filesystem=fs, shuffle_seed=0)},
         dataset_config=SplitDataConfig(),
     )
     c0 = time.process_time()  # this process also serves S3 (moto)

@@ -4,9 +4,10 @@ Layout under the results directory (local or s3://)::
 
     posteriors/<data id>/<model id>/q<Q>/<view>/<shard>.parquet    columns key, label, probs (C float32)
 
-``data id`` names the split and hashes its shards' checksums (and any image limit), ``model id`` hashes the net's card
-and weights: a posterior is reused only for the same images and the same net. Views are ``dense``, ``dense_noflip``
-and ``multicrop`` (``evaluation.methods.VIEWS``). One file per image shard, written when that shard is done, so an
+``data id`` names the split and hashes its shards' checksums, what storage reports of each shard now (size, and ETag
+or modification time) and any image limit; ``model id`` hashes the net's card and weights: a posterior is reused only
+for the same images and the same net. Views are ``dense``, ``dense_noflip`` and ``multicrop``
+(``evaluation.methods.VIEWS``). One file per image shard, written when that shard is done, so an
 interrupted sweep keeps everything it finished and a rerun computes only the missing (net, Q, shard, view) files.
 Multi-scale, multi-crop & dense and fusion results are averages of stored files: no net runs again for them.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.manifest import Manifest
+from pipeline.verify import ShardFacts, inspect_shards
 
 ROOT = "posteriors"
 
@@ -42,11 +44,19 @@ class Posteriors:
         return Posteriors(self.keys[order], self.labels[order], self.probs[order])
 
 
-def data_id(manifest: Manifest, split: str, limit: int | None = None) -> str:
-    """The split's name and a hash of its shards (paths, checksums) and the image limit."""
+def data_id(manifest: Manifest, split: str, limit: int | None = None, observed: Sequence[ShardFacts] | None = None,
+            endpoint: str | None = None) -> str:
+    """The split's name and a hash of its shards (paths, checksums, what storage says of each now) and the image
+    limit; ``observed``: the split's ``pipeline.verify.inspect_shards`` facts, read now when not given."""
+    # The manifest's SHA-256s say what prepare wrote, not what is stored now: a shard rewritten or damaged in place
+    # keeps its manifest entry. Storage's own facts about each object change whenever it is written: its size and its
+    # ETag on S3 (the content's MD5 for a single upload), or its modification time on a filesystem. Hashing the bytes
+    # instead would re-read the whole split on every sweep; the footer alone misses a change inside a data page.
+    if observed is None:
+        observed = inspect_shards(manifest, [split], endpoint)
     digest = hashlib.sha256(repr(limit).encode())
-    for shard in manifest.split(split).shards:
-        digest.update(f"{shard.path}:{shard.sha256}:{shard.rows}".encode())
+    for shard, facts in zip(manifest.split(split).shards, observed, strict=True):
+        digest.update(f"{shard.path}:{shard.sha256}:{shard.rows}:{facts.size}:{facts.version}".encode())
     return f"{split}-{digest.hexdigest()[:12]}"
 
 

@@ -11,12 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from evaluation.methods import VIEWS, evaluate_batch
-from pipeline import storage
 from pipeline.decode import EvalDecoder, dali_importable, make_eval_decoder, resolve_device
+from pipeline.verify import read_table
 from vgg.augment import rescaled_size
 from vgg.card import ModelCard
 from vgg.model import VGG
@@ -78,12 +77,8 @@ def evaluate_images(model: VGG, decoder: EvalDecoder, images: Sequence[bytes], h
 
 
 def read_shard(uri: str, limit: int | None = None, endpoint: str | None = None) -> dict[str, list]:
-    """The columns of one Parquet shard (its first ``limit`` rows) as Python lists."""
-    fs, path = storage.resolve(uri, endpoint)
-    try:
-        table = pq.read_table(path, filesystem=fs, columns=COLUMNS)
-    except OSError as e:
-        raise storage.StorageError(f"cannot read shard {uri}: {e}") from None
+    """The columns of one Parquet shard (its first ``limit`` rows) as Python lists, every page's checksum verified."""
+    table = read_table(uri, COLUMNS, endpoint)
     if limit is not None:
         table = table.slice(0, limit)
     return {c: table.column(c).to_pylist() for c in COLUMNS}

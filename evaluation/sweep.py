@@ -32,6 +32,7 @@ from evaluation.shard import ShardResult, evaluate_shard, views_of
 from evaluation.tracking import log_sweep
 from pipeline import cluster, storage
 from pipeline.manifest import Manifest, ManifestError, load_manifest
+from pipeline.verify import ShardError, error_line, inspect_shards
 
 REPORT_DIR = "report"
 MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store when no tracking URI is set
@@ -125,8 +126,9 @@ def make_plan(cfg: SweepConfig) -> Plan:
     models = label_models([load(src, cfg.tracking_uri, cfg.s3_endpoint) for src in cfg.model])
     check_models(models, manifest)
     limits = shard_limits([s.rows for s in split.shards], cfg.max_images)
+    observed = inspect_shards(manifest, [cfg.split], cfg.s3_endpoint)  # every footer readable, before any compute
     return Plan(manifest, models, choose_scales(cfg, models), manifest.shard_uris(cfg.split), limits,
-                data_id(manifest, cfg.split, cfg.max_images))
+                data_id(manifest, cfg.split, cfg.max_images, observed))
 
 
 def pending_units(plan: Plan, store: PosteriorStore, methods: Sequence[str]) -> list[Unit]:
@@ -193,6 +195,9 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
             try:
                 result: ShardResult = ray.get(ref)
             except ray.exceptions.RayError as e:
+                damaged = error_line(e)
+                if damaged is not None:  # its line names the shard and what to do
+                    raise ShardError(damaged) from None
                 cause = getattr(e, "cause", None) or e
                 raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
                                  f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None

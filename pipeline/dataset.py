@@ -2,7 +2,7 @@
 
 How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing here re-implements them):
 
-* **Shard order**: ``read_parquet(..., shuffle=FileShuffleConfig(seed, reseed_after_execution=True))`` draws a new
+* **Shard order**: the read's ``shuffle=FileShuffleConfig(seed, reseed_after_execution=True)`` draws a new
   shard order on every execution of the dataset, i.e. every epoch, seeded by (seed, execution index). The execution
   index starts at the epoch the run (re)starts from (``start_epoch``), so a resumed run shuffles epoch e as an
   uninterrupted run would. A split small enough to keep in the object store (``cache=True``) is read once, in
@@ -19,10 +19,10 @@ How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing he
   epoch to epoch because the order does. No image is ever duplicated or padded.
   Validation uses ``equal=False``: nothing dropped, nothing padded, every image counted exactly once.
 * **Local shuffle**: each worker's rows pass through a shuffle buffer seeded by (seed, epoch, rank).
-* **Footer reads**: Ray Data reads every shard's Parquet footer at the start of every execution (every epoch) on a
-  pool of footer-reading actors, 32 by default, each a Python process. On a small node starting them costs more
-  than the reads: 200 shards on 2 cores took ~12 s before the first batch with 32, ~1.3 s with one. ``read_shards``
-  sizes the pool to the cluster (``footer_actors``) unless ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` is set.
+* **Verified reads**: shards are read through ``pipeline.verify.ShardDatasource`` (Ray Data's file datasource with
+  a Parquet reader that verifies every page's checksum): a damaged shard fails its read task with one line naming
+  it, before any of its rows is passed on. Ray's ``read_parquet`` cannot verify page checksums (see
+  ``pipeline.verify``). The listing happens once, when the dataset is made, not at every execution.
 * **Decode**: a collate function draws each image's augmentation from (seed, epoch, key) — the same draws whatever
   worker or order — and decodes in Ray Data's prefetch threads, so decoding overlaps the training step.
 """
@@ -30,7 +30,6 @@ How an epoch is formed (Ray Data owns sharding, shuffling and epochs; nothing he
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -39,20 +38,15 @@ import ray
 from ray.data import DataIterator, Dataset, FileShuffleConfig
 from ray.train import DataConfig
 
+from pipeline.verify import ShardDatasource, ShardError, error_line
+
 COLUMNS = ["key", "label", "height", "width", "image"]
 TRAIN, VAL = "train", "val"
-FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
 def derived_seed(*parts: object) -> int:
     """A 32-bit seed from any parts (stable across processes, unlike ``hash``)."""
     return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=4).digest(), "little")
-
-
-def footer_actors() -> int:
-    """Footer-reading actors for a read: one per 16 CPUs of the cluster, 1 to 32 (Ray Data's default is 32)."""
-    cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count() or 1
-    return max(1, min(32, int(cpus) // 16))
 
 
 def read_shards(
@@ -75,15 +69,7 @@ def read_shards(
     shuffle = None
     if shuffle_seed is not None and not cache:
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    # read_parquet builds its footer indexer here, in this process, reading the pool size from the environment.
-    given = os.environ.get(FOOTER_ACTORS_ENV)
-    os.environ[FOOTER_ACTORS_ENV] = given or str(footer_actors())
-    try:
-        ds = ray.data.read_parquet(list(paths), filesystem=filesystem, shuffle=shuffle)
-    finally:
-        if given is None:
-            del os.environ[FOOTER_ACTORS_ENV]
-    ds = ds.select_columns(list(columns))
+    ds = ray.data.read_datasource(ShardDatasource(paths, columns, filesystem=filesystem, shuffle=shuffle))
     if cache:
         # Materialised in plan order, not in the order read tasks finish: otherwise the cached rows, and with them
         # every epoch's batches, differ from run to run as soon as there is more than one shard.
@@ -142,7 +128,13 @@ def iter_epoch(
     if shuffle_buffer:
         kwargs.update(local_shuffle_buffer_size=max(shuffle_buffer, batch_size),
                       local_shuffle_seed=derived_seed(seed, epoch, rank))
-    if collate_fn is None:
-        yield from shard.iter_batches(batch_format="numpy", **kwargs)
-    else:
-        yield from shard.iter_torch_batches(collate_fn=collate_fn, **kwargs)
+    try:
+        if collate_fn is None:
+            yield from shard.iter_batches(batch_format="numpy", **kwargs)
+        else:
+            yield from shard.iter_torch_batches(collate_fn=collate_fn, **kwargs)
+    except Exception as e:
+        line = error_line(e)  # a damaged shard, reported by a read task inside Ray's wrapping: its one line alone
+        if line is None:
+            raise
+        raise ShardError(line) from None

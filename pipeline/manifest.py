@@ -1,8 +1,8 @@
 """The shard manifest (``manifest.json``): what ``pipeline.prepare`` wrote and what every reader needs.
 
-Schema (``format`` = ``verydeep-shards/1``)::
+Schema (``format`` = ``verydeep-shards/2``)::
 
-    {"format": "verydeep-shards/1",
+    {"format": "verydeep-shards/2",
      "classes": {wnid: index},                       # sorted wnids -> 0..N-1, as torchvision's ImageFolder
      "splits": {"train": {"count": int,               # rows over all shards of the split
                           "shards": [{"path": str,     # relative to the manifest's directory
@@ -17,6 +17,10 @@ Schema (``format`` = ``verydeep-shards/1``)::
 
 Every shard holds the columns ``key`` (string, unique), ``label`` (int32), ``wnid`` (string), ``image`` (binary,
 an RGB JPEG), ``height`` and ``width`` (int32, of the stored image).
+
+Format 2 shards carry a CRC-32 in every Parquet page header, which every read verifies (``pipeline.verify``). Format 1
+shards have none, so a damaged page would go unnoticed: their manifests are refused with a line saying to re-run
+``pipeline.prepare``, which rewrites them (the format is part of each shard's fingerprint).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import numpy as np
 
 from pipeline import storage
 
-FORMAT = "verydeep-shards/1"
+FORMAT = "verydeep-shards/2"
+# Formats this code once wrote and no longer reads: shards without page checksums.
+UNVERIFIABLE_FORMATS = ("verydeep-shards/1",)
 MANIFEST_NAME = "manifest.json"
 
 
@@ -154,6 +160,10 @@ def from_dict(doc: Any, root: str) -> Manifest:
     """Validate a parsed manifest document and build a Manifest (``root``: the directory URI of its shards)."""
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
+    if doc.get("format") in UNVERIFIABLE_FORMATS:
+        raise ManifestError(f"manifest format is {doc['format']!r}: its shards were written without page checksums, "
+                            f"so damage cannot be detected; re-run pipeline.prepare with the same --src and --dst to "
+                            f"rewrite them as {FORMAT!r}")
     if doc.get("format") != FORMAT:
         raise ManifestError(f"manifest format is {doc.get('format')!r}, expected {FORMAT!r}")
     for key in ("classes", "splits", "stats"):

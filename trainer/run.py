@@ -14,6 +14,7 @@ would vanish with the job's working directory.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -26,7 +27,8 @@ import yaml
 
 from pipeline import cluster, storage
 from pipeline.dataset import TRAIN, VAL, SplitDataConfig, read_shards
-from pipeline.manifest import Manifest, ManifestError, load_manifest
+from pipeline.manifest import FORMAT, Manifest, ManifestError, load_manifest
+from pipeline.verify import ShardError, error_line, inspect_shards
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
@@ -55,7 +57,7 @@ def smoke_manifest() -> str:
 
     root = cache_dir() / SMOKE_DATA
     manifest = root / "shards" / "manifest.json"
-    if not manifest.exists():
+    if not manifest.exists() or json.loads(manifest.read_text()).get("format") != FORMAT:  # absent, or older
         print(f"preparing the smoke dataset (scikit-learn's digits) into {root} ...", flush=True)
         render_digits(root / "images")
         prepare(PrepareConfig(src=str(root / "images"), dst=str(root / "shards")))
@@ -192,6 +194,7 @@ def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.
         cfg = compose(to_dict(cfg), {"data": smoke_manifest()})
     try:
         manifest = load_manifest(cfg.data.data)  # type: ignore[arg-type]
+        inspect_shards(manifest, [TRAIN, VAL])  # a truncated shard or a damaged footer: one line, before any run
         storage.check_access(cfg.run.storage, create=True)
     except (ManifestError, storage.StorageError) as e:
         raise JobError(str(e)) from None
@@ -271,7 +274,8 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
         tracker.end("FAILED", str(e))
         raise
     except Exception as e:
-        reason = f"training failed: {failure_reason(e, cfg.cluster.max_failures)}"
+        # A damaged shard found by a worker's read names itself in its own line.
+        reason = error_line(e) or f"training failed: {failure_reason(e, cfg.cluster.max_failures)}"
         tracker.end("FAILED", reason)
         raise JobError(reason) from None
     except BaseException as e:  # Ctrl-C, SystemExit
@@ -392,8 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv, prog=PROG)
     try:
         cfg, state, tracking = train(cfg)
-    except JobError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (JobError, ShardError) as e:  # ShardError: a damaged shard found while caching a split in this process
+        print(f"error: {error_line(e) if isinstance(e, ShardError) else e}", file=sys.stderr)
         return 1 if str(e).startswith("training failed") else 2
     print(summary(cfg, state, tracking))
     return 0

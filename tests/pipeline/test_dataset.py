@@ -1,6 +1,5 @@
 """Ray Data over shards: exactly-once epochs across 1, 2 and 3 workers, per-epoch shuffles seeded by (seed, epoch)."""
 
-import os
 import threading
 from collections import Counter
 
@@ -8,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.dataset import FOOTER_ACTORS_ENV, SplitDataConfig, footer_actors, iter_epoch, read_shards
+from pipeline.dataset import SplitDataConfig, iter_epoch, read_shards
 
 pytestmark = pytest.mark.ray
 
@@ -115,23 +114,3 @@ def test_shard_order_is_seeded_by_seed_and_epoch(ray_local, shards):
 def test_no_shards_is_a_clear_error():
     with pytest.raises(ValueError, match="no shards"):
         read_shards([])
-
-
-def footer_pool(ds) -> int:
-    """The footer-reading actor pool the dataset's Parquet listing will start on each execution."""
-    op = ds._logical_plan.dag
-    while getattr(op, "file_indexer", None) is None:
-        assert op.input_dependencies, "no listing operator in the plan: Ray Data's read plan changed"
-        op = op.input_dependencies[0]
-    return op.file_indexer._num_actors
-
-
-def test_footer_pool_is_sized_to_the_cluster(ray_local, shards, monkeypatch):
-    # Ray Data's default is 32 actors on every epoch; on a 2-CPU cluster that start-up dominates an epoch's reads.
-    monkeypatch.delenv(FOOTER_ACTORS_ENV, raising=False)
-    assert footer_actors() == 1
-    assert footer_pool(read_shards(shards, shuffle_seed=0)) == 1
-    assert FOOTER_ACTORS_ENV not in os.environ  # the override does not leak into the process
-    # A user's own setting wins, and stays set.
-    monkeypatch.setenv(FOOTER_ACTORS_ENV, "3")
-    assert footer_pool(read_shards(shards)) == 3 and os.environ[FOOTER_ACTORS_ENV] == "3"
