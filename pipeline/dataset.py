@@ -69,7 +69,11 @@ def read_shards(
     shuffle = None
     if shuffle_seed is not None and not cache:
         shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True)
-    ds = ray.data.read_datasource(ShardDatasource(paths, columns, filesystem=filesystem, shuffle=shuffle))
+    # One read task per shard: Ray otherwise groups shards into as many tasks as the CPUs it sees free when an
+    # epoch starts, and the grouping sets the block boundaries that the local shuffle buffer's draws depend on, so a
+    # worker group restarted while the cluster was busier shuffled another way than the uninterrupted run.
+    ds = ray.data.read_datasource(ShardDatasource(paths, columns, filesystem=filesystem, shuffle=shuffle),
+                                  override_num_blocks=len(paths))
     if cache:
         # Materialised in plan order, not in the order read tasks finish: otherwise the cached rows, and with them
         # every epoch's batches, differ from run to run as soon as there is more than one shard.

@@ -111,6 +111,12 @@ def test_shard_order_is_seeded_by_seed_and_epoch(ray_local, shards):
     assert set(cached) == {tuple(f"train/c{i:03d}" for i in range(0, N_ROWS, 10))}
 
 
+def test_each_shard_is_read_by_a_task_of_its_own(ray_local, shards):
+    # Grouping shards into tasks by the CPUs free at the time would move block boundaries, and with them the local
+    # shuffle buffer's draws, whenever a restarted worker group found the cluster busier than the first one did.
+    assert read_shards(shards, shuffle_seed=7).materialize().num_blocks() == len(shards)
+
+
 def test_no_shards_is_a_clear_error():
     with pytest.raises(ValueError, match="no shards"):
         read_shards([])
