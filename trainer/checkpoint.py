@@ -108,7 +108,11 @@ def find_latest(storage_uri: str, name: str) -> tuple[str, TrainState] | None:
     Reads only checkpoints whose state file exists: it is written last, so a checkpoint cut off mid-upload is never
     chosen.
     """
-    root = run_dir(storage_uri, name)
+    return latest_in(run_dir(storage_uri, name))
+
+
+def latest_in(root: str) -> tuple[str, TrainState] | None:
+    """The checkpoint with the most optimiser steps under a run directory, and its state; None when there is none."""
     try:
         files = storage.walk(root)
     except storage.StorageError:

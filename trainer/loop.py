@@ -164,9 +164,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     optim = cfg.optim
     optimizer = torch.optim.SGD(model.parameters(), lr=optim.effective_lr, momentum=optim.momentum,
                                 weight_decay=optim.weight_decay)
-    restored = ray.train.get_checkpoint()
+    # The latest complete checkpoint in storage, not Ray Train's latest registered one (ray.train.get_checkpoint()):
+    # a worker killed after writing a checkpoint but before Ray Train registered it leaves the two apart, and the
+    # training split's epoch order starts from the one in storage (trainer.run.SplitSource), so the model must too.
+    restored = ckpt.latest_in(info.run_dir)
     if restored is not None:
-        with restored.as_directory() as directory:
+        with tempfile.TemporaryDirectory(prefix="verydeep-resume-") as tmp:
+            directory = ckpt.fetch(restored[0], tmp)
             state = ckpt.read_state(directory)
             model.load_state_dict(ckpt.read_weights(directory))
             saved = ckpt.read_optimizer(directory)
