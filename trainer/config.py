@@ -460,10 +460,13 @@ class TrainConfig:
         guess = TRANSFER if self.data.train_scale == TrainScale(SCALE, SCALE) else ALL
         return lr_for(None if m.init_from is None else guess if m.init_layers == "auto" else m.init_layers)
 
-    def deviations_from_paper(self) -> list[str]:
-        """What this run does differently from the paper (Sec. 3.1), as short human strings for MLflow."""
+    def deviations_from_paper(self, gpu: bool = False) -> list[str]:
+        """What this run does differently from the paper (Sec. 3.1), as short human strings for MLflow; ``gpu``: the
+        job's workers compute on GPUs."""
         m, d, o, s = self.model, self.data, self.optim, self.schedule
         out = []
+        if gpu:  # trainer.loop.autocast: bf16 for the tensor cores; the paper says nothing of precision
+            out.append("bf16 autocast on GPUs (the paper states no precision; Caffe, its framework, computes in fp32)")
         if m.width != 1.0:
             out.append(f"width {m.width:g}")
         if m.fc_width != FC_WIDTH:
@@ -624,8 +627,8 @@ def from_dict(data: Mapping[str, Any]) -> TrainConfig:
     return _build(_flat(data, "config dict"))
 
 
-def derived(config: TrainConfig) -> dict[str, Any]:
-    """The quantities computed from the config (never configured), for logs and params."""
+def derived(config: TrainConfig, gpu: bool = False) -> dict[str, Any]:
+    """The quantities computed from the config (never configured), for logs and params; ``gpu``: workers on GPUs."""
     return {
         "train_scale": str(config.data.train_scale),
         "val_q": config.data.q,
@@ -635,15 +638,15 @@ def derived(config: TrainConfig) -> dict[str, Any]:
         "effective_lr": config.optim.effective_lr,
         "warmup_epochs": config.optim.warmup,
         "run_name": config.run_name,
-        "deviations_from_paper": config.deviations_from_paper(),
+        "deviations_from_paper": config.deviations_from_paper(gpu),
     }
 
 
-def to_params(config: TrainConfig) -> dict[str, str]:
+def to_params(config: TrainConfig, gpu: bool = False) -> dict[str, str]:
     """Every leaf field (``section.field``) and every derived quantity (``derived.*``), as MLflow param strings."""
     params = {f"{section}.{name}": _param(value)
               for section, values in to_dict(config).items() for name, value in values.items()}
-    extra = derived(config)
+    extra = derived(config, gpu)
     extra["deviations_from_paper"] = "; ".join(extra["deviations_from_paper"]) or "none"
     params.update({f"derived.{k}": _param(v) for k, v in extra.items()})
     return params
