@@ -111,9 +111,9 @@ TABLE3 = {
 
 # How a run takes the previous rung's weights: net A's first four convs and FC layers, or every weight.
 TRANSFER, ALL = "transfer", "all"
-# Nets trained from random init. The paper names net A, "shallow enough to be trained with random initialisation";
-# A-LRN is not deeper (A plus an LRN layer, no weights of its own) and its layer indices differ from A's, so it
-# starts from random init as A does.
+# Nets trained from random init. The paper names net A, "shallow enough to be trained with random initialisation",
+# and pre-initialises the deeper nets from it; A-LRN is not deeper (A plus an LRN layer, which has no weights) and the
+# paper says nothing more of how it started, so it is trained from random init as A is.
 RANDOM_INIT = ("A", "A-LRN")
 
 
