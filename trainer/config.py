@@ -28,32 +28,38 @@ import yaml
 
 from pipeline.cli import OneLineParser, check_finite
 from pipeline.cluster import ADDRESS_FORMS, is_address
-from vgg.augment import PCA_STD
 from vgg.model import ARCHS, INITS, STRIDE
-from vgg.protocol import (
+from vgg.paper import (
+    ALL,
     BATCH_SIZE,
+    CROP,
     DROPOUT,
     EPOCHS,
+    FC_WIDTH,
+    INIT_STD,
     LR,
     LR_DECAYS,
     LR_FACTOR,
     MOMENTUM,
+    PCA_STD,
+    SCALE,
     SCALE_JITTER,
-    TrainScale,
+    TRAIN_SCALES,
+    TRANSFER,
     WEIGHT_DECAY,
-    single_scale_q,
+    TrainScale,
+    at_crop,
+    lr_for,
+    rung_for,
 )
+from vgg.protocol import single_scale_q
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
-PAPER_SCALE = 256  # every configuration was first trained at S=256 (Sec. 3.1)
-PAPER_SCALES = (TrainScale(256, 256), TrainScale(384, 384), TrainScale(*SCALE_JITTER))
-FINE_TUNE_LR = 1e-3  # Sec. 3.1: the S=384 net starts from the S=256 weights at LR 1e-3
-PAPER_INIT_STD = 0.01  # the paper's "variance 10^-2" read as std 0.01, as vgg.build does (see vgg.init_paper)
 REFERENCE_BATCH = BATCH_SIZE  # linear LR scaling is relative to the paper's batch (Goyal et al. 2017)
 SCALED_WARMUP_EPOCHS = 5.0  # Goyal et al. 2017: 5 epochs of linear warm-up when the LR is scaled up
 
-INIT_LAYERS = ("auto", "transfer", "all")
+INIT_LAYERS = ("auto", TRANSFER, ALL)
 DECODERS = ("auto", "dali", "cpu")
 GPU_MODES = ("auto", "true", "false")
 
@@ -180,13 +186,13 @@ class ModelConfig(_Section):
 
     arch: str = option("E", "configuration of Table 1", choices=ARCHS)
     width: float = option(1.0, "multiplier on every conv's channel count (1 = the paper's 64..512)")
-    fc_width: int = option(4096, "width of FC6 and FC7")
-    crop: int = option(224, f"training crop side in pixels; a multiple of {STRIDE} (five 2x2/2 max-pools)")
+    fc_width: int = option(FC_WIDTH, "width of FC6 and FC7")
+    crop: int = option(CROP, f"training crop side in pixels; a multiple of {STRIDE} (five 2x2/2 max-pools)")
     dropout: float = option(DROPOUT, "dropout probability on FC6 and FC7")
     init: str = option(
         "paper", "random init: paper = N(0, init_std^2) weights and zero biases; glorot = Glorot & Bengio (the "
         "paper's later alternative, needed for thin nets); none = torch's default", choices=INITS)
-    init_std: float = option(PAPER_INIT_STD, "std of the paper init (the paper's 'variance 1e-2' read as std 0.01)")
+    init_std: float = option(INIT_STD, "std of the paper init (the paper's 'variance 1e-2' read as std 0.01)")
     init_from: str | None = option(
         None, "start from trained weights: a checkpoint URI, runs:/<MLflow run id> or an MLflow run id", metavar="SRC")
     init_layers: str = option(
@@ -219,7 +225,7 @@ class DataConfig(_Section):
                                     "smoke", metavar="URI")
     num_classes: int | None = option(None, "number of classes; none = from the manifest")
     scale: int | None = option(
-        None, f"fixed training scale S, the shorter side before cropping; none = {PAPER_SCALE} unless scale_jitter is "
+        None, f"fixed training scale S, the shorter side before cropping; none = {SCALE} unless scale_jitter is "
         "set", metavar="S")
     scale_jitter: tuple[int, int] | None = option(
         None, f"draw S per image from [SMIN, SMAX] (the paper's multi-scale training uses {SCALE_JITTER[0]} "
@@ -265,7 +271,7 @@ class DataConfig(_Section):
         """The training scale: fixed S or [Smin, Smax]."""
         if self.scale_jitter is not None:
             return TrainScale(*self.scale_jitter)
-        s = PAPER_SCALE if self.scale is None else self.scale
+        s = SCALE if self.scale is None else self.scale
         return TrainScale(s, s)
 
     @property
@@ -449,35 +455,39 @@ class TrainConfig:
     def paper_lr(self) -> float:
         """The paper's initial LR for this stage: 1e-3 when fine-tuning all weights (S=384, jittered S), else 1e-2."""
         m = self.model
-        all_weights = m.init_layers == "all" or (
-            m.init_layers == "auto" and self.data.train_scale != TrainScale(PAPER_SCALE, PAPER_SCALE))
-        return FINE_TUNE_LR if m.init_from is not None and all_weights else LR
+        # auto copies all weights when the source is the same net, which the config cannot see; in the ladder the
+        # S=256 runs that have a source take net A's layers, every other one all weights of its own net.
+        guess = TRANSFER if self.data.train_scale == TrainScale(SCALE, SCALE) else ALL
+        return lr_for(None if m.init_from is None else guess if m.init_layers == "auto" else m.init_layers)
 
-    def deviations_from_paper(self) -> list[str]:
-        """What this run does differently from the paper (Sec. 3.1), as short human strings for MLflow."""
+    def deviations_from_paper(self, gpu: bool = False) -> list[str]:
+        """What this run does differently from the paper (Sec. 3.1), as short human strings for MLflow; ``gpu``: the
+        job's workers compute on GPUs."""
         m, d, o, s = self.model, self.data, self.optim, self.schedule
         out = []
+        if gpu:  # trainer.loop.autocast: bf16 for the tensor cores; the paper says nothing of precision
+            out.append("bf16 autocast on GPUs (the paper states no precision; Caffe, its framework, computes in fp32)")
         if m.width != 1.0:
             out.append(f"width {m.width:g}")
-        if m.fc_width != 4096:
-            out.append(f"FC width {m.fc_width} instead of 4096")
-        if m.crop != 224:
-            out.append(f"crop {m.crop} instead of 224")
+        if m.fc_width != FC_WIDTH:
+            out.append(f"FC width {m.fc_width} instead of {FC_WIDTH}")
+        if m.crop != CROP:
+            out.append(f"crop {m.crop} instead of {CROP}")
         if m.dropout != DROPOUT:
             out.append(f"dropout {m.dropout:g} instead of {DROPOUT:g}")
         if m.init == "glorot":
             out.append("Glorot init")
         elif m.init == "none":
             out.append("torch's default init")
-        elif m.init_std != PAPER_INIT_STD:
-            out.append(f"init std {m.init_std:g} instead of {PAPER_INIT_STD:g}")
+        elif m.init_std != INIT_STD:
+            out.append(f"init std {m.init_std:g} instead of {INIT_STD:g}")
         scale = d.train_scale
-        if scale not in PAPER_SCALES:
-            out.append(f"S={scale} (the paper trains at 256, 384 or [256;512])")
-        if scale in PAPER_SCALES[1:] and m.init_from is None:
+        if scale not in TRAIN_SCALES:
+            out.append(f"S={scale} (the paper trains at {', '.join(map(str, TRAIN_SCALES[:-1]))} or {TRAIN_SCALES[-1]})")
+        rung = rung_for(m.arch, scale)  # the paper's run of this net at this S, and how it starts
+        if rung is not None and rung.init == ALL and m.init_from is None:
             out.append(f"S={scale} from random init (the paper fine-tunes from the net trained at a smaller S)")
-        if m.arch not in ("A", "A-LRN") and scale == TrainScale(PAPER_SCALE, PAPER_SCALE) and m.init_from is None \
-                and m.init == "paper":
+        if rung is not None and rung.init == TRANSFER and m.init_from is None and m.init == "paper":
             out.append(f"VGG-{m.arch} from random N(0, std^2) init (the paper starts it from net A's layers)")
         if d.val_q is not None and d.val_q != single_scale_q(scale):
             out.append(f"validation at Q={d.val_q} instead of Q={single_scale_q(scale)}")
@@ -617,8 +627,8 @@ def from_dict(data: Mapping[str, Any]) -> TrainConfig:
     return _build(_flat(data, "config dict"))
 
 
-def derived(config: TrainConfig) -> dict[str, Any]:
-    """The quantities computed from the config (never configured), for logs and params."""
+def derived(config: TrainConfig, gpu: bool = False) -> dict[str, Any]:
+    """The quantities computed from the config (never configured), for logs and params; ``gpu``: workers on GPUs."""
     return {
         "train_scale": str(config.data.train_scale),
         "val_q": config.data.q,
@@ -628,15 +638,15 @@ def derived(config: TrainConfig) -> dict[str, Any]:
         "effective_lr": config.optim.effective_lr,
         "warmup_epochs": config.optim.warmup,
         "run_name": config.run_name,
-        "deviations_from_paper": config.deviations_from_paper(),
+        "deviations_from_paper": config.deviations_from_paper(gpu),
     }
 
 
-def to_params(config: TrainConfig) -> dict[str, str]:
+def to_params(config: TrainConfig, gpu: bool = False) -> dict[str, str]:
     """Every leaf field (``section.field``) and every derived quantity (``derived.*``), as MLflow param strings."""
     params = {f"{section}.{name}": _param(value)
               for section, values in to_dict(config).items() for name, value in values.items()}
-    extra = derived(config)
+    extra = derived(config, gpu)
     extra["deviations_from_paper"] = "; ".join(extra["deviations_from_paper"]) or "none"
     params.update({f"derived.{k}": _param(v) for k, v in extra.items()})
     return params
@@ -686,8 +696,8 @@ def smoke_preset(layer: Mapping[str, Any]) -> dict[str, Any]:
     jittered S stays jittered ([256, 512]/224 of the crop)."""
     crop = layer.get("crop", SMOKE["crop"])
     if layer.get("scale_jitter") is not None:
-        return {**SMOKE, "scale_jitter": tuple(round(crop * s / 224) for s in SCALE_JITTER)}
-    return {**SMOKE, "scale": round(crop * PAPER_SCALE / 224)}
+        return {**SMOKE, "scale_jitter": tuple(at_crop(s, crop) for s in SCALE_JITTER)}
+    return {**SMOKE, "scale": at_crop(SCALE, crop)}
 
 
 def compose(recipe: Mapping[str, Any] | None = None, explicit: Mapping[str, Any] | None = None) -> TrainConfig:

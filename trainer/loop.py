@@ -84,7 +84,8 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...]
 
 
 def autocast(worker: Worker) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs (the H100's tensor cores); plain fp32 on CPUs."""
+    """bf16 autocast on GPUs (the H100's tensor cores); plain fp32 on CPUs. A GPU run records it among its
+    deviations from the paper (``TrainConfig.deviations_from_paper``)."""
     if worker.cuda:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

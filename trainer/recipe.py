@@ -5,10 +5,13 @@
         -> E (S=384, all weights from E-256, LR 1e-3)
           -> E (S in [256, 512], all weights from E-384, LR 1e-3)
 
-Each rung is a ``trainer.run`` job with its own MLflow run, all children of one parent run for the ladder. Any
-other flag of ``trainer.run`` applies to every rung (``--data``, ``--storage``, ``--workers``, ``--smoke``, ...).
-Rerun the same command and completed rungs are skipped; an interrupted rung resumes from its checkpoint.
-With ``--smoke`` the scales shrink with the crop as the smoke preset does (S/crop kept at the paper's ratios).
+A and A-LRN start from random init themselves (no net A rung before them). The rungs are ``vgg.paper.ladder``.
+Each rung is a ``trainer.run`` job with its own MLflow run, all children of one parent run for the ladder; a rung
+starts from the previous rung's best checkpoint (validation top-1). Any other flag of ``trainer.run`` applies to
+every rung (``--data``, ``--storage``, ``--workers``, ``--smoke``, ...); the ones the ladder sets per rung (net, S,
+LR, init source and layers) are refused. Rerun the same command and completed rungs are skipped; an interrupted
+rung resumes from its checkpoint. With ``--smoke`` the scales shrink with the crop as the smoke preset does (S/crop
+kept at the paper's ratios).
 """
 
 from __future__ import annotations
@@ -19,37 +22,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.config import FINE_TUNE_LR, SCALE_JITTER, build_parser, compose
+from trainer.config import build_parser, compose
 from trainer.run import JobError, summary, tracking_uri, train
 from trainer.tracking import Tracker
 from vgg.model import ARCHS
+from vgg.paper import ladder
 
 PROG = "python -m trainer.recipe"
-PAPER_CROP = 224
 LADDER_TAG = "verydeep.ladder"
+# What the ladder sets on each rung: the same flag given to the ladder would be overridden, so it is refused.
+LADDER_SETS = ("config", "arch", "scale", "scale_jitter", "lr", "init_from", "init_layers")
 
 
 @dataclass(frozen=True)
-class Rung:
-    """One run of the ladder: its name suffix, the fields it sets, and how it takes the previous rung's weights."""
+class Step:
+    """One rung as ``trainer.run`` fields: its name suffix, the fields it sets, how it takes the previous weights."""
 
     name: str
     fields: dict[str, Any]
     init_layers: str | None  # None: random init (the first rung)
 
 
-def paper_ladder(arch: str, crop: int) -> list[Rung]:
-    """The rungs for ``arch``; scales are the paper's times crop/224 (so a smoke crop keeps the paper's ratios)."""
-    def s(x: int) -> int:
-        return round(x * crop / PAPER_CROP)
+def paper_ladder(arch: str, crop: int) -> list[Step]:
+    """The rungs for ``arch`` as config fields; scales are the paper's times crop/224 (a smoke crop keeps the ratios)."""
+    steps = []
+    for rung in ladder(arch):
+        s = rung.scale.at_crop(crop)
+        scale = {"scale_jitter": (s.smin, s.smax)} if s.jittered else {"scale": s.smin}
+        steps.append(Step(rung.name, {"arch": rung.arch, **scale, "lr": rung.lr}, rung.init))
+    return steps
 
-    rungs = [Rung("A-S256", {"arch": "A", "scale": s(256)}, None)]
-    if arch not in ("A", "A-LRN"):
-        rungs.append(Rung(f"{arch}-S256", {"arch": arch, "scale": s(256)}, "transfer"))
-    rungs.append(Rung(f"{arch}-S384", {"arch": arch, "scale": s(384), "lr": FINE_TUNE_LR}, "all"))
-    jitter = (s(SCALE_JITTER[0]), s(SCALE_JITTER[1]))
-    rungs.append(Rung(f"{arch}-S256-512", {"arch": arch, "scale_jitter": jitter, "lr": FINE_TUNE_LR}, "all"))
-    return rungs
+
+def rung_flags(flags: dict[str, Any], prefix: str, step: Step, previous: str | None) -> dict[str, Any]:
+    """The fields of one rung's ``trainer.run`` job: the ladder's flags, the rung's, its name and its init source."""
+    layer = {**flags, **step.fields, "name": f"{prefix}.{step.name}"}
+    if step.init_layers is not None:
+        layer.update(init_from=previous, init_layers=step.init_layers)
+    return layer
 
 
 def parent_run(tracking: str, experiment: str, ladder: str) -> Tracker:
@@ -74,12 +83,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run (or finish) the ladder; one ``error:`` line and a non-zero exit when a rung cannot run."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                                      epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
-    parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512]")
+    parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512] (A, A-LRN: "
+                        "X-256 -> X-384 -> X-[256,512])")
     parser.add_argument("--arch", choices=ARCHS, default="E", help="the configuration at the top of the ladder")
     ns, rest = parser.parse_known_args(argv)
     flags = vars(build_parser(f"{PROG} {ns.ladder}").parse_args(rest))
-    if "config" in flags or "arch" in flags:
-        parser.error("--config/--arch of trainer.run do not apply: the ladder sets each rung's net and scale")
+    given = [name for name in LADDER_SETS if name in flags]
+    if given:
+        parser.error(f"{'/'.join('--' + n.replace('_', '-') for n in given)} of trainer.run do not apply: the ladder "
+                     "sets each rung's net, scale, LR and init")
     prefix = flags.pop("name", None) or f"{ns.ladder}-{ns.arch}"
     parent = None
     try:
@@ -87,15 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracking = tracking_uri(base)
         parent = parent_run(tracking, base.run.experiment, prefix)
         previous = None
-        for rung in paper_ladder(ns.arch, base.model.crop):
-            layer = {**flags, **rung.fields, "name": f"{prefix}.{rung.name}"}
-            if rung.init_layers is not None:
-                layer.update(init_from=previous, init_layers=rung.init_layers)
-            print(f"== {prefix}: {rung.name}" + (f" from {previous}" if previous else ""), flush=True)
+        for step in paper_ladder(ns.arch, base.model.crop):
+            print(f"== {prefix}: {step.name}" + (f" from {previous}" if previous else ""), flush=True)
             try:
-                cfg, state, tracking = train(compose({}, layer), parent_run_id=parent.run_id)
+                cfg, state, tracking = train(compose({}, rung_flags(flags, prefix, step, previous)),
+                                             parent_run_id=parent.run_id)
             except (JobError, ValueError) as e:
-                raise JobError(f"rung {rung.name}: {e}") from None
+                raise JobError(f"rung {step.name}: {e}") from None
             print(summary(cfg, state, tracking), flush=True)
             previous = state.best_checkpoint
     except (JobError, ValueError) as e:

@@ -220,18 +220,20 @@ def steps_per_epoch(cfg: TrainConfig, manifest: Manifest) -> int:
     return steps
 
 
-def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_run_id: str | None = None) -> Tracker:
-    """The job's MLflow run: the resumed run's, or a new one with every param and the deviations from the paper."""
+def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_run_id: str | None = None,
+                  gpu: bool = False) -> Tracker:
+    """The job's MLflow run: the resumed run's, or a new one with every param and the deviations from the paper
+    (``gpu``: the workers compute on GPUs)."""
     tracker = Tracker(True, tracking, cfg.run.experiment)
-    deviations = derived(cfg)["deviations_from_paper"]
+    deviations = derived(cfg, gpu)["deviations_from_paper"]
     tags = {"verydeep.arch": cfg.model.arch, "verydeep.deviations": "; ".join(deviations) or "none"}
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
-    tracker.start(run_id, cfg.run_name, to_params(cfg), tags)
+    tracker.start(run_id, cfg.run_name, to_params(cfg, gpu), tags)
     if tracker.run_id is None:
         raise JobError(f"cannot open an MLflow run at {storage.redact(tracking) if '@' in tracking else tracking}")
     if run_id is None:
-        tracker.artifact_text(yaml.safe_dump({**to_dict(cfg), "derived": derived(cfg)}, sort_keys=False),
+        tracker.artifact_text(yaml.safe_dump({**to_dict(cfg), "derived": derived(cfg, gpu)}, sort_keys=False),
                               "config.yaml")
     return tracker
 
@@ -267,7 +269,7 @@ def fit(cfg: TrainConfig, manifest: Manifest, tracking: str, latest: tuple[str, 
     use_gpu = check_resources(cfg)
     state = latest[1] if latest else None
     steps = steps_per_epoch(cfg, manifest)  # a batch larger than the data fails before a run is opened
-    tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id)
+    tracker = open_tracking(cfg, tracking, state.mlflow_run_id if state else None, parent_run_id, use_gpu)
     try:
         return run_job(cfg, manifest, tracking, tracker, steps, use_gpu, state)
     except JobError as e:

@@ -31,6 +31,8 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from vgg.paper import CROP
+
 MODEL_URI_TAG = "verydeep.model_uri"  # the best model directory of the run (read by `--init-from` and the sweep)
 LATEST_TAG = "verydeep.checkpoint_latest"
 PARENT_TAG = "mlflow.parentRunId"
@@ -189,7 +191,7 @@ class Tracker:
 
             # The logged model belongs to the active experiment, not to the run's: make them the same.
             mlflow.set_experiment(experiment_id=self._client.get_run(self.run_id).info.experiment_id)
-            crop = getattr(model, "crop", 224)
+            crop = getattr(model, "crop", CROP)
             # Pickle keeps any batch size (a pt2 export fixes the example's); loading needs verydeep installed.
             # Explicit requirements skip MLflow's slow import-capturing subprocess.
             info = mlflow.pytorch.log_model(

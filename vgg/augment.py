@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-PCA_STD = 0.1  # AlexNet: alpha_i ~ N(0, 0.1)
+from vgg.paper import PCA_STD
+
 PIXEL_MAX = 255.0  # colour statistics are stored on the 0-255 scale
 
 

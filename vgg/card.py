@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vgg.model import VGG, build
-from vgg.protocol import TrainScale
+from vgg.paper import FC_WIDTH, TrainScale
 
 MODEL_FILE = "model.pt"
 CARD_FILE = "card.json"
@@ -44,7 +44,7 @@ class ModelCard:
     smax: int
     mean: tuple[float, float, float]
     width: float = 1.0
-    fc_width: int = 4096
+    fc_width: int = FC_WIDTH
     std: tuple[float, float, float] | None = None
     classes: tuple[str, ...] = ()  # class names (wnids) in label order; empty when unknown
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run, epoch, step, val metrics

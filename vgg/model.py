@@ -15,6 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vgg.paper import (
+    CROP,
+    DROPOUT,
+    FC_WIDTH,
+    INIT_STD,
+    LRN_ALPHA,
+    LRN_BETA,
+    LRN_K,
+    LRN_SIZE,
+    NUM_CLASSES,
+    TRANSFER_CONVS,
+)
+
 # Token vocabulary: an int N is conv3-N (3x3, stride 1, pad 1) + ReLU; (1, N) is conv1-N (config C's 1x1) + ReLU;
 # "M" is a 2x2/2 max-pool; "LRN" is AlexNet's local response normalisation (A-LRN, after the first conv's ReLU).
 Token = Union[int, tuple[int, int], str]
@@ -31,10 +44,6 @@ ARCHS: tuple[str, ...] = tuple(CONFIGS)
 
 # torchvision's name for each configuration that it has (no A-LRN, no C).
 TORCHVISION_NAMES: dict[str, str] = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
-
-# AlexNet's LRN (Krizhevsky et al. 2012, Sec. 3.3): b = a / (k + alpha * sum_{n neighbours} a^2)^beta.
-# torch's LocalResponseNorm divides alpha by n, so it is given alpha * n to compute AlexNet's formula.
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0
 
 NUM_POOLS = 5
 STRIDE = 2**NUM_POOLS  # 32: the total downsampling of the conv stack
@@ -63,7 +72,7 @@ def make_features(cfg: list[Token], width: float = 1.0, in_channels: int = 3) ->
     for token in cfg:
         if token == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        elif token == "LRN":
+        elif token == "LRN":  # torch's LocalResponseNorm divides alpha by n: given alpha * n, it is AlexNet's formula
             layers.append(nn.LocalResponseNorm(LRN_SIZE, alpha=LRN_ALPHA * LRN_SIZE, beta=LRN_BETA, k=LRN_K))
         else:
             kernel, out = token if isinstance(token, tuple) else (3, token)
@@ -79,11 +88,11 @@ class VGG(nn.Module):
     def __init__(
         self,
         arch: str,
-        num_classes: int = 1000,
+        num_classes: int = NUM_CLASSES,
         width: float = 1.0,
-        fc_width: int = 4096,
-        crop: int = 224,
-        dropout: float = 0.5,
+        fc_width: int = FC_WIDTH,
+        crop: int = CROP,
+        dropout: float = DROPOUT,
     ) -> None:
         super().__init__()
         _check_arch(arch)
@@ -191,7 +200,7 @@ def state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def init_paper(model: VGG, std: float = 0.01) -> VGG:
+def init_paper(model: VGG, std: float = INIT_STD) -> VGG:
     """The paper's random init: weights ~ N(0, std^2), biases 0.
 
     The paper says "variance 10^-2" (std 0.1); most re-implementations, torchvision's Linear init among them, read it
@@ -212,10 +221,6 @@ def init_glorot(model: VGG) -> VGG:
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
     return model
-
-
-# Net A's first four conv layers, by the paper's layer names: every deeper net has layers of these names and shapes.
-TRANSFER_CONVS = ("conv1_1", "conv2_1", "conv3_1", "conv3_2")
 
 
 @torch.no_grad()
@@ -247,14 +252,14 @@ INITS = ("paper", "glorot", "none")
 
 def build(
     arch: str,
-    num_classes: int = 1000,
+    num_classes: int = NUM_CLASSES,
     *,
     width: float = 1.0,
-    fc_width: int = 4096,
-    crop: int = 224,
-    dropout: float = 0.5,
+    fc_width: int = FC_WIDTH,
+    crop: int = CROP,
+    dropout: float = DROPOUT,
     init: str = "paper",
-    init_std: float = 0.01,
+    init_std: float = INIT_STD,
 ) -> VGG:
     """Build configuration ``arch`` of Table 1 ("A", "A-LRN", "B", "C", "D", "E") with the given init.
 

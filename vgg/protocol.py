@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vgg.paper import GRID, Q_STEP, TrainScale
 
-# Training constants of Sec. 3.1.
-BATCH_SIZE = 256
-MOMENTUM = 0.9
-WEIGHT_DECAY = 5e-4
-DROPOUT = 0.5
-LR = 1e-2
-LR_FACTOR = 0.1
-LR_DECAYS = 3
-EPOCHS = 74
-SCALE_JITTER = (256, 512)
-GRID = 5  # multi-crop: a 5x5 regular grid of crops per scale, times 2 flips = 50 crops per scale
-
-
-@dataclass(frozen=True)
-class TrainScale:
-    """A training scale: fixed S (smin == smax) or jittered S in [smin, smax]."""
-
-    smin: int
-    smax: int
-
-    @property
-    def jittered(self) -> bool:
-        """True for scale jittering (multi-scale training)."""
-        return self.smax > self.smin
-
-    def __str__(self) -> str:
-        return f"[{self.smin};{self.smax}]" if self.jittered else str(self.smin)
+# GRID and TrainScale are the paper's (vgg.paper); the protocol's callers may take them from here with it.
+__all__ = ["GRID", "TrainScale", "grid_crops", "grid_offsets", "multi_scale_q", "single_scale_q"]
 
 
 def single_scale_q(scale: TrainScale) -> int:
@@ -42,7 +17,7 @@ def multi_scale_q(scale: TrainScale) -> tuple[int, int, int]:
     """Sec. 4.2: Q = {S-32, S, S+32} for fixed S, {Smin, 0.5 (Smin + Smax), Smax} for jittered S."""
     if scale.jittered:
         return scale.smin, (scale.smin + scale.smax) // 2, scale.smax
-    return scale.smin - 32, scale.smin, scale.smin + 32
+    return scale.smin - Q_STEP, scale.smin, scale.smin + Q_STEP
 
 
 def grid_offsets(length: int, crop: int, n: int = GRID) -> list[int]:

@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 
 import vgg
-from vgg.model import LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, TRANSFER_CONVS, state_dict_mismatch
-from vgg.summary import EXACT_GMACS, EXACT_PARAMS
+from vgg.model import state_dict_mismatch
+from vgg.paper import EXACT_GMACS, EXACT_PARAMS, LRN_ALPHA, LRN_BETA, LRN_K, LRN_SIZE, TRANSFER_CONVS
 
 # Conv layers per block (Table 1), and the 1x1 layers of C.
 BLOCKS = {"A": (1, 1, 2, 2, 2), "A-LRN": (1, 1, 2, 2, 2), "B": (2, 2, 2, 2, 2), "C": (2, 2, 3, 3, 3),
