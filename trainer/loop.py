@@ -23,11 +23,12 @@ import ray.train.torch
 from pipeline.dataset import TRAIN, VAL, derived_seed, iter_epoch
 from pipeline.decode import make_eval_decoder, make_train_decoder
 from pipeline.loader import EvalCollate, TrainAugment, TrainCollate
+from pipeline.models import MODEL_URI_TAG
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, from_dict
 from trainer.distributed import Worker, all_sum, current, spread
-from trainer.tracking import LATEST_TAG, MODEL_URI_TAG, Tracker
+from trainer.tracking import LATEST_TAG, Tracker
 from vgg.card import ModelCard
 from vgg.evaluate import dense_posteriors, stack_by_shape
 from vgg.model import VGG, build, init_from_a

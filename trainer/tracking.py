@@ -31,7 +31,6 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
-MODEL_URI_TAG = "verydeep.model_uri"  # the best model directory of the run (read by `--init-from` and the sweep)
 LATEST_TAG = "verydeep.checkpoint_latest"
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "verydeep.failure"  # why the run ended FAILED or KILLED: the CLI's `error:` line
