@@ -1,15 +1,13 @@
-"""The paper's test-time methods (Sec. 3.2) on rescaled images, and the arithmetic that combines their posteriors.
+"""The sweep's methods and stored views, and the arithmetic that combines their posteriors.
 
-Every function here is pure: images in (already rescaled to Q and mean-subtracted), soft-max posteriors out.
+The methods themselves (dense with its flip, the 5x5x2 crops; Sec. 3.2) are ``vgg.evaluate``'s, the functions
+training's validation calls too. What the sweep adds:
 
-- dense: the fully-convolutional net on the whole image, class-score map spatially averaged, soft-max; averaged with
-  the same for the horizontally flipped image.
-- multi-crop: a 5x5 regular grid of crop x crop windows over the rescaled image, each also flipped: 50 crops per
-  scale, soft-max posteriors averaged.
-- combinations (multi-crop & dense, multi-scale, fusion of nets): plain averages of posteriors.
+- the views it stores per image: dense flip-averaged and dense alone (as validation sees it without ``val_flip``),
+  multi-crop;
+- combinations (multi-crop & dense, multi-scale, fusion of nets): plain averages of posteriors; top-k errors.
 
-Images of one batch must share a shape: dense evaluation pads nothing, so an image is never mixed with padding (zeros
-at its border would change its score map), and the crop grid is a function of the shape.
+Images of one batch must share a shape (``vgg.evaluate.stack_by_shape``).
 """
 
 from __future__ import annotations
@@ -20,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg.protocol import GRID, grid_crops
+from vgg.evaluate import dense_views, flip_average, multicrop_posteriors
+from vgg.protocol import GRID
 
 DENSE, MULTICROP = "dense", "multicrop"
 METHODS = (DENSE, MULTICROP)
@@ -32,44 +31,13 @@ LABELS = {DENSE: "dense", MULTICROP: "multi-crop", COMBINED: "multi-crop & dense
 CROPS_PER_SCALE = GRID * GRID * 2  # 50: Sec. 3.2
 
 
-def dense_posteriors(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft-max of the spatially averaged score map of (N, 3, h, w) images, and of their mirror images: 2 x (N, C)."""
-    n = images.shape[0]
-    # One forward for the image and its mirror: twice the batch, half the kernel launches.
-    scores = model.forward_dense(torch.cat([images, images.flip(3)])).mean(dim=(2, 3))
-    probs = scores.softmax(dim=1)
-    return probs[:n], probs[n:]
-
-
-def grid_crop_batch(images: torch.Tensor, crop: int, n: int = GRID) -> torch.Tensor:
-    """The n x n grid of crop x crop windows of each (N, 3, h, w) image: (N, n*n, 3, crop, crop), row-major."""
-    h, w = images.shape[-2:]
-    return torch.stack([images[:, :, t : t + crop, l : l + crop] for t, l in grid_crops(h, w, crop, n)], dim=1)
-
-
-def multicrop_posteriors(model: nn.Module, images: torch.Tensor, crop: int, max_crops: int = 250,
-                         n: int = GRID) -> torch.Tensor:
-    """Average soft-max over the n x n grid crops and their mirror images (50 per image at n=5): (N, C).
-
-    ``max_crops`` bounds one forward pass (memory); the crops of a few images go through together.
-    """
-    per_image = 2 * n * n
-    step = max(1, max_crops // per_image)
-    out = []
-    for start in range(0, images.shape[0], step):
-        crops = grid_crop_batch(images[start : start + step], crop, n).flatten(0, 1)
-        probs = model(torch.cat([crops, crops.flip(3)])).softmax(dim=1)
-        out.append(probs.view(2, -1, n * n, probs.shape[1]).mean(dim=(0, 2)))
-    return torch.cat(out)
-
-
 def evaluate_batch(model: nn.Module, images: torch.Tensor, crop: int, methods: Sequence[str],
                    max_crops: int = 250) -> dict[str, torch.Tensor]:
     """Posteriors of every view the ``methods`` store, for one batch of equally sized rescaled images."""
     out: dict[str, torch.Tensor] = {}
     if DENSE in methods:
-        plain, mirrored = dense_posteriors(model, images)
-        out[DENSE], out[DENSE_NOFLIP] = 0.5 * (plain + mirrored), plain
+        plain, mirrored = dense_views(model, images)
+        out[DENSE], out[DENSE_NOFLIP] = flip_average(plain, mirrored), plain
     if MULTICROP in methods:
         out[MULTICROP] = multicrop_posteriors(model, images, crop, max_crops)
     return out

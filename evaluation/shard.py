@@ -18,6 +18,7 @@ from pipeline.decode import EvalDecoder, dali_importable, make_eval_decoder, res
 from pipeline.verify import read_table
 from vgg.augment import rescaled_size
 from vgg.card import ModelCard
+from vgg.evaluate import group_by_shape, stack_by_shape
 from vgg.model import VGG
 
 COLUMNS = ["key", "label", "height", "width", "image"]
@@ -47,10 +48,8 @@ def decoder_for(backend: str, card: ModelCard, device: torch.device) -> EvalDeco
 
 def shape_batches(heights: Sequence[int], widths: Sequence[int], q: int, batch_size: int) -> list[list[int]]:
     """Row indices in batches of equal rescaled shape (at most ``batch_size`` each), largest groups first."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (h, w) in enumerate(zip(heights, widths)):
-        groups.setdefault(rescaled_size(int(h), int(w), q), []).append(i)
-    ordered = sorted(groups.values(), key=len, reverse=True)
+    groups = group_by_shape([rescaled_size(int(h), int(w), q) for h, w in zip(heights, widths)])
+    ordered = sorted(groups, key=len, reverse=True)
     return [g[s : s + batch_size] for g in ordered for s in range(0, len(g), batch_size)]
 
 
@@ -64,11 +63,8 @@ def evaluate_images(model: VGG, decoder: EvalDecoder, images: Sequence[bytes], h
         for idx in shape_batches(heights, widths, q, batch_size):
             decoded = decoder([images[i] for i in idx], q, keys=[keys[i] for i in idx])
             # The stored size predicts the decoded one; regroup by the real shapes all the same, never pad.
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for j, x in enumerate(decoded):
-                by_shape.setdefault(tuple(x.shape), []).append(j)
-            for members in by_shape.values():
-                batch = torch.stack([decoded[j] for j in members]).contiguous(memory_format=torch.channels_last)
+            for members, batch in stack_by_shape(decoded):
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 probs = evaluate_batch(model, batch, model.crop, methods, max_crops)
                 rows = [idx[j] for j in members]
                 for v in views:

@@ -1,4 +1,4 @@
-"""Training checkpoints: what one holds, where the latest one is, and where an ``--init-from`` source lives.
+"""Training checkpoints: what one holds, where the latest one is, and what an ``--init-from`` source gives.
 
 A checkpoint is a directory that Ray Train persists under ``<storage>/<name>/`` (local or ``s3://``):
 
@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 
 from pipeline import storage
-from trainer.tracking import MODEL_URI_TAG
+from pipeline.models import fetched
 from vgg.card import MODEL_FILE, CardError, ModelCard, load_card, save_model
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -135,49 +133,10 @@ def latest_in(root: str) -> tuple[str, TrainState] | None:
     return None if best is None else (best[1], best[2])
 
 
-def fetch(uri: str, dst: str | os.PathLike) -> Path:
-    """A local copy of a checkpoint or model directory (``uri`` local or ``s3://``); local ones are used in place."""
-    fs, path = storage.resolve(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        if not Path(path).is_dir():
-            raise CheckpointError(f"checkpoint {uri} does not exist")
-        return Path(path)
-    dst = Path(dst)
-    try:
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
-            raise CheckpointError(f"checkpoint {uri} does not exist")
-        pafs.copy_files(path, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    except OSError as e:
-        raise CheckpointError(f"cannot fetch checkpoint {storage.redact(uri)}: {' '.join(str(e).split())}") from None
-    return dst
-
-
-def resolve_source(source: str, tracking_uri: str | None = None) -> str:
-    """An ``--init-from`` value as a model directory URI: a path or s3:// URI as is; ``runs:/<id>`` or a bare MLflow
-    run id through the run's ``verydeep.model_uri`` tag."""
-    run_id = source[len("runs:/"):].strip("/").split("/")[0] if source.startswith("runs:/") else None
-    if run_id is None and "/" not in source and not Path(source).exists() and len(source) >= 16 and source.isalnum():
-        run_id = source
-    if run_id is None:
-        return source
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except Exception as e:  # MlflowException for an unknown id, connection errors for an unreachable server
-        raise CheckpointError(f"cannot read MLflow run {run_id}: {' '.join(str(e).split())[:200]}") from None
-    uri = run.data.tags.get(MODEL_URI_TAG)
-    if not uri:
-        raise CheckpointError(f"MLflow run {run_id} has no {MODEL_URI_TAG} tag (not a verydeep training run)")
-    return uri
-
-
 def load_source(source: str, tracking_uri: str | None = None) -> tuple[ModelCard, dict[str, torch.Tensor]]:
-    """The card and weights of an ``--init-from`` source (checkpoint, model directory or MLflow run)."""
-    uri = resolve_source(source, tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="verydeep-init-") as tmp:
-        local = fetch(uri, tmp)
+    """The card and weights of an ``--init-from`` source (checkpoint, model directory or MLflow run;
+    ``pipeline.models`` resolves and fetches it)."""
+    with fetched(source, tracking_uri) as (_, local):
         try:
             card = load_card(local)
         except CardError as e:

@@ -23,12 +23,14 @@ import ray.train.torch
 from pipeline.dataset import TRAIN, VAL, derived_seed, iter_epoch
 from pipeline.decode import make_eval_decoder, make_train_decoder
 from pipeline.loader import EvalCollate, TrainAugment, TrainCollate
+from pipeline.models import MODEL_URI_TAG
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, from_dict
 from trainer.distributed import Worker, all_sum, current, spread
-from trainer.tracking import LATEST_TAG, MODEL_URI_TAG, Tracker
+from trainer.tracking import LATEST_TAG, Tracker
 from vgg.card import ModelCard
+from vgg.evaluate import dense_posteriors, stack_by_shape
 from vgg.model import VGG, build, init_from_a
 
 
@@ -92,7 +94,8 @@ def autocast(worker: Worker) -> contextlib.AbstractContextManager:
 
 
 def validate(model: VGG, shard: Any, cfg: TrainConfig, info: JobInfo, worker: Worker) -> dict[str, float]:
-    """Dense single-scale evaluation at Q (Sec. 3.2), optionally flip-averaged; each val image counts once overall."""
+    """Dense single-scale evaluation at Q (Sec. 3.2), optionally flip-averaged, as the sweep's dense rows compute it
+    (``vgg.evaluate``); each val image counts once overall."""
     decoder = make_eval_decoder(cfg.data.decoder, mean=info.mean, device=worker.device)
     collate = EvalCollate(decoder, cfg.data.q)
     model.eval()
@@ -102,16 +105,9 @@ def validate(model: VGG, shard: Any, cfg: TrainConfig, info: JobInfo, worker: Wo
                                          collate_fn=collate):
             labels = labels.to(worker.device)
             # Images differ in size (shorter side Q, any aspect): batch only equal shapes, never pad.
-            by_shape: dict[tuple[int, ...], list[int]] = {}
-            for i, image in enumerate(images):
-                by_shape.setdefault(tuple(image.shape), []).append(i)
             probs = torch.empty(len(images), len(info.wnids), device=worker.device)
-            for idx in by_shape.values():
-                x = torch.stack([images[i] for i in idx])
-                p = model.forward_dense(x).float().mean(dim=(2, 3)).softmax(dim=1)
-                if cfg.data.val_flip:
-                    p = 0.5 * (p + model.forward_dense(x.flip(3)).float().mean(dim=(2, 3)).softmax(dim=1))
-                probs[idx] = p
+            for idx, x in stack_by_shape(images):
+                probs[idx] = dense_posteriors(model, x, flip=cfg.data.val_flip)
             top1, top5 = topk_correct(probs, labels)
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
             sums = [a + b for a, b in zip(sums, (top1, top5, float(len(labels)), loss))]

@@ -25,16 +25,17 @@ from typing import Any
 
 import yaml
 
-from pipeline import cluster, storage
+from pipeline import cluster, models, storage
 from pipeline.dataset import TRAIN, VAL, SplitDataConfig, read_shards
 from pipeline.manifest import FORMAT, Manifest, ManifestError, load_manifest
+from pipeline.models import MODEL_URI_TAG
 from pipeline.verify import ShardError, error_line, inspect_shards
 from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
 from trainer.distributed import torch_config
 from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
-from trainer.tracking import GAP_TAG, GAP_TEXT, MODEL_URI_TAG, PARENT_TAG, Tracker, bound_mlflow_retries
+from trainer.tracking import GAP_TAG, GAP_TEXT, PARENT_TAG, Tracker, bound_mlflow_retries
 from vgg.card import load_model
 
 PROG = "python -m trainer.run"
@@ -336,7 +337,7 @@ def finish(tracker: Tracker, cfg: TrainConfig, state: ckpt.TrainState) -> None:
     if best is not None:
         tracker.tag(MODEL_URI_TAG, best)
         with tempfile.TemporaryDirectory(prefix="verydeep-best-") as tmp:
-            model, _ = load_model(ckpt.fetch(best, tmp))
+            model, _ = load_model(models.fetch(best, tmp))
             tracker.log_model(model, registered_name=f"verydeep-{cfg.model.arch}")
     tracker.end("FINISHED")
 

@@ -33,7 +33,6 @@ from typing import Any
 
 from vgg.paper import CROP
 
-MODEL_URI_TAG = "verydeep.model_uri"  # the best model directory of the run (read by `--init-from` and the sweep)
 LATEST_TAG = "verydeep.checkpoint_latest"
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "verydeep.failure"  # why the run ended FAILED or KILLED: the CLI's `error:` line

@@ -1,4 +1,4 @@
-"""The paper's test-time methods on constructed cases: dense, the 5x5x2 crops, flips, combination arithmetic."""
+"""The sweep's methods on constructed cases: stored views, decoded images, 50 crops per scale, combination arithmetic."""
 
 from __future__ import annotations
 
@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.methods import (
-    CROPS_PER_SCALE,
-    DENSE,
-    DENSE_NOFLIP,
-    MULTICROP,
-    average,
-    dense_posteriors,
-    evaluate_batch,
-    grid_crop_batch,
-    multicrop_posteriors,
-    topk_errors,
-)
+from evaluation.methods import CROPS_PER_SCALE, DENSE, DENSE_NOFLIP, MULTICROP, average, evaluate_batch, topk_errors
 from evaluation.shard import evaluate_images, shape_batches
 from pipeline.decode import make_eval_decoder
+from vgg.evaluate import multicrop_posteriors
 from vgg.protocol import grid_crops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
@@ -37,15 +27,6 @@ def net64(classes: int = 5, seed: int = 0) -> torch.nn.Module:
     return tiny_net(classes, seed).double()
 
 
-def test_dense_at_crop_size_equals_the_centre_crop_forward():
-    model = net64()
-    x = torch.randn(3, 3, CROP, CROP, dtype=torch.float64) * 50
-    plain, _ = dense_posteriors(model, x)
-    (top, left), = grid_crops(CROP, CROP, CROP, n=1)  # the centre crop of a crop-size image is all of it
-    expected = model(x[:, :, top : top + CROP, left : left + CROP]).softmax(dim=1)
-    torch.testing.assert_close(plain, expected, rtol=1e-12, atol=1e-14)
-
-
 def test_dense_at_q_equal_to_crop_through_the_decoder():
     """A square JPEG rescaled to Q = crop: dense evaluation sees exactly the crop the FC net sees."""
     model = tiny_net(5)
@@ -56,27 +37,6 @@ def test_dense_at_q_equal_to_crop_through_the_decoder():
                           [DENSE])
     expected = model.double()(image[None].double()).softmax(dim=1).detach().numpy()
     np.testing.assert_allclose(out[DENSE_NOFLIP], expected, rtol=1e-5, atol=1e-6)
-
-
-def coordinates(h: int, w: int) -> torch.Tensor:
-    """An image whose channel 0 holds the row and channel 1 the column of each pixel."""
-    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    return torch.stack([y, x, torch.zeros_like(y)])[None]
-
-
-@pytest.mark.parametrize("h,w", [(32, 32), (40, 75), (101, 33), (32, 300)])
-def test_grid_reaches_every_corner_and_the_centre(h, w):
-    crops = grid_crop_batch(coordinates(h, w), CROP)[0]
-    assert crops.shape == (25, 3, CROP, CROP)
-    origin = [(int(c[0, 0, 0]), int(c[1, 0, 0])) for c in crops]
-    assert origin[0] == (0, 0)
-    assert origin[4] == (0, w - CROP)
-    assert origin[20] == (h - CROP, 0)
-    assert origin[24] == (h - CROP, w - CROP)
-    assert abs(origin[12][0] - (h - CROP) / 2) <= 0.5 and abs(origin[12][1] - (w - CROP) / 2) <= 0.5
-    # Every crop is a contiguous window of the image (no resampling, no padding).
-    for c, (t, l) in zip(crops, origin):
-        assert torch.equal(c, coordinates(h, w)[0, :, t : t + CROP, l : l + CROP])
 
 
 class CropCounter(torch.nn.Module):

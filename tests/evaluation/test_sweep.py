@@ -18,10 +18,11 @@ from cli_refusal import refused
 from evalkit import CROP, card_for, decoded, tiny_net
 from evaluation.config import parse_args
 from evaluation.methods import DENSE, DENSE_NOFLIP, MULTICROP
-from evaluation.models import MODEL_URI_TAG, load
+from evaluation.models import load
 from evaluation.posteriors import PosteriorStore
 from evaluation.sweep import main, run
 from pipeline.manifest import load_manifest
+from pipeline.models import MODEL_URI_TAG
 from vgg.card import save_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,7 +142,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(case, prepared_shards, untrain
     data, models, extra = prepared_shards, [str(untrained_model)], []
     if case == "missing checkpoint":
         models = [str(tmp_path / "no-such-model")]
-        expected = "no card.json"
+        expected = f"model directory {tmp_path / 'no-such-model'} does not exist"
     elif case == "Q below the crop":
         extra, expected = ["--scales", "24", "40"], "Q=24 is smaller than the crop 32"
     elif case == "different class lists":
