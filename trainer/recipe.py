@@ -13,12 +13,12 @@ With ``--smoke`` the scales shrink with the crop as the smoke preset does (S/cro
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.cli import OneLineParser
 from trainer.config import FINE_TUNE_LR, SCALE_JITTER, build_parser, compose
 from trainer.run import JobError, summary, tracking_uri, train
 from trainer.tracking import Tracker
@@ -48,7 +48,7 @@ def paper_ladder(arch: str, crop: int) -> list[Rung]:
         rungs.append(Rung(f"{arch}-S256", {"arch": arch, "scale": s(256)}, "transfer"))
     rungs.append(Rung(f"{arch}-S384", {"arch": arch, "scale": s(384), "lr": FINE_TUNE_LR}, "all"))
     jitter = (s(SCALE_JITTER[0]), s(SCALE_JITTER[1]))
-    rungs.append(Rung(f"{arch}-S256-512", {"arch": arch, "scale_jitter": jitter, "lr": FINE_TUNE_LR}, "all"))
+    rungs.append(Rung(f"{arch}-S256-512", {"arch": arch, "scale": jitter, "lr": FINE_TUNE_LR}, "all"))
     return rungs
 
 
@@ -72,8 +72,8 @@ def parent_run(tracking: str, experiment: str, ladder: str) -> Tracker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or finish) the ladder; one ``error:`` line and a non-zero exit when a rung cannot run."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                     epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
+                           epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
     parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512]")
     parser.add_argument("--arch", choices=ARCHS, default="E", help="the configuration at the top of the ladder")
     ns, rest = parser.parse_known_args(argv)

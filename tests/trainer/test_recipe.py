@@ -16,9 +16,9 @@ def test_paper_ladder_scales_follow_the_crop():
     assert [r.name for r in full] == ["A-S256", "E-S256", "E-S384", "E-S256-512"]
     assert [r.init_layers for r in full] == [None, "transfer", "all", "all"]
     assert full[2].fields == {"arch": "E", "scale": 384, "lr": 1e-3}
-    assert full[3].fields["scale_jitter"] == (256, 512)
+    assert full[3].fields["scale"] == (256, 512)
     assert [r.name for r in paper_ladder("A", 32)] == ["A-S256", "A-S384", "A-S256-512"]
-    assert paper_ladder("D", 32)[3].fields["scale_jitter"] == (37, 73)
+    assert paper_ladder("D", 32)[3].fields["scale"] == (37, 73)
 
 
 def test_ladder_runs_each_rung_from_the_last_and_skips_done_rungs(prepared_shards, ray_local, tmp_path, capsys):
