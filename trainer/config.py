@@ -24,24 +24,13 @@ from typing import Any
 import yaml
 
 from pipeline import cli
-from pipeline.cli import MAX_PARAM_VALUE, Checked, option  # noqa: F401  (MAX_PARAM_VALUE: the params' limit)
+from pipeline.cli import Checked, option
 from pipeline.cli import require as _check
 from pipeline.cluster import ADDRESS_FORMS, is_address
 from vgg.augment import PCA_STD
 from vgg.model import ARCHS, INITS, STRIDE
-from vgg.protocol import (
-    BATCH_SIZE,
-    DROPOUT,
-    EPOCHS,
-    LR,
-    LR_DECAYS,
-    LR_FACTOR,
-    MOMENTUM,
-    SCALE_JITTER,
-    TrainScale,
-    WEIGHT_DECAY,
-    single_scale_q,
-)
+from vgg.protocol import (BATCH_SIZE, DROPOUT, EPOCHS, LR, LR_DECAYS, LR_FACTOR, MOMENTUM, SCALE_JITTER, WEIGHT_DECAY,
+                          TrainScale, single_scale_q)
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -63,6 +52,7 @@ LEGACY = {"scale_jitter": "data"}
 # takes about a minute on a CPU. Glorot because N(0, 0.01^2) loses the signal through a thin net (vgg.init_paper).
 SMOKE = {"width": 0.125, "fc_width": 128, "crop": 32, "init": "glorot", "val_q": None, "shuffle_buffer": 256,
          "max_train_images": 512, "max_val_images": 128, "epochs": 2, "batch_size": 32, "micro_batch": None}
+
 
 @dataclass(frozen=True)
 class ModelConfig(Checked):

@@ -8,10 +8,9 @@ from cli_refusal import refused
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 import vgg
-from pipeline.cli import flag
+from pipeline.cli import MAX_PARAM_VALUE, flag
 from trainer.config import (
     LEAVES,
-    MAX_PARAM_VALUE,
     RECIPES,
     SECTIONS,
     DataConfig,
