@@ -21,6 +21,16 @@ def test_paper_ladder_scales_follow_the_crop():
     assert paper_ladder("D", 32)[3].fields["scale"] == (37, 73)
 
 
+@pytest.mark.parametrize("argv", [["paper", "--arch", "Z"], ["ladder"], ["paper", "--scale", "0"]])
+def test_bad_flags_are_one_error_line(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # the parser's refusal
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+
+
 def test_ladder_runs_each_rung_from_the_last_and_skips_done_rungs(prepared_shards, ray_local, tmp_path, capsys):
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["paper", "--arch", "B", "--data", prepared_shards, "--storage", str(tmp_path / "runs"),
