@@ -31,6 +31,7 @@ from evaluation.report import Report, ReportError, build_report
 from evaluation.shard import ShardResult, evaluate_shard, views_of
 from evaluation.tracking import log_sweep
 from pipeline import cluster, storage
+from pipeline.cli import to_params
 from pipeline.manifest import Manifest, ManifestError, load_manifest
 from pipeline.verify import ShardError, error_line, inspect_shards
 
@@ -249,19 +250,17 @@ def run(cfg: SweepConfig) -> SweepResult:
         uri, files = write_report(report, cfg.out, cfg.s3_endpoint, local)
         run_id = None
         if cfg.mlflow:
-            run_id = log_sweep(report, cfg.params(), local, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
+            run_id = log_sweep(report, to_params(cfg), local, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
                                run_name=cfg.run_name, data=plan.data)
     computed = [(u.model.model_id, u.q, u.shard) for u in units]
     return SweepResult(report, computed, uri, run_id, files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: run the sweep and print the tables; bad input prints one ``error:`` line and returns 2."""
+    """CLI entry point: run the sweep and print the tables; bad input prints one ``error:`` line and returns 2 (bad
+    flags exit with code 2 before anything starts)."""
+    cfg = parse_args(argv, prog="python -m evaluation.sweep")
     try:
-        try:
-            cfg = parse_args(argv, prog="python -m evaluation.sweep")
-        except ValueError as e:
-            raise SweepError(str(e)) from None
         result = run(cfg)
     except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError, cluster.ClusterError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

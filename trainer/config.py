@@ -1,32 +1,31 @@
-"""One typed config per training job: nested dataclasses, the paper's defaults, flags and MLflow params made from them.
-
-Every field carries its help text in ``dataclasses.field(metadata={"help": ...})`` (via ``option``): metadata
-survives in any install (wheels, zipapps, bytecode-only images), where attribute docstrings parsed from the source
-would not. ``build_parser`` walks the fields to make the flags (one per field, named after it), so a new field is
-a new flag, a new MLflow param and a new checkpoint entry with nothing else to edit.
+"""One typed config per training job: nested dataclasses, the paper's defaults; flags, recipes and MLflow params are
+made from them by ``pipeline.cli`` (one flag per field, named after it), so a new field is a new flag, a new MLflow
+param and a new checkpoint entry with nothing else to edit.
 
 Precedence, lowest first: the defaults (the paper's, Sec. 3.1) < a recipe (``--config``, YAML or Python) < the
 smoke preset (``--smoke``) < flags given on the command line. Quantities that follow from others (per-worker batch,
 gradient accumulation, effective LR, warm-up, validation Q) are properties, never fields.
+
+The training scale S is one field, a range: ``--scale 256`` (fixed) or ``--scale 256,512`` (jittered). Before, it
+was two fields (``scale``, ``scale_jitter``); configs stored in checkpoints, recipes and the ``--scale-jitter SMIN
+SMAX`` flag that use them still read.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
-import json
 import math
 import sys
-import types
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import yaml
 
-from pipeline.cli import OneLineParser, check_finite
+from pipeline import cli
+from pipeline.cli import Checked, option
+from pipeline.cli import require as _check
 from pipeline.cluster import ADDRESS_FORMS, is_address
 from vgg.model import ARCHS, INITS, STRIDE
 from vgg.paper import (
@@ -63,125 +62,17 @@ INIT_LAYERS = ("auto", TRANSFER, ALL)
 DECODERS = ("auto", "dali", "cpu")
 GPU_MODES = ("auto", "true", "false")
 
-# MLflow servers before 2.x stored at most 500 characters per param value (newer ones 6000); the smaller limit
-# keeps params loggable to any server.
-MAX_PARAM_VALUE = 500
-
-# Fields that say the same thing two ways: a layer (recipe, preset, flags) that sets one clears the other.
-EXCLUSIVE = {"scale": "scale_jitter", "scale_jitter": "scale"}
+# Fields of older versions still read from stored configs and recipes (name -> section); see ``_layer``.
+LEGACY = {"scale_jitter": "data"}
 
 # The --smoke preset: arch, init source and schedule as given, everything that costs compute shrunk so that a run
 # takes about a minute on a CPU. Glorot because N(0, 0.01^2) loses the signal through a thin net (vgg.init_paper).
-SMOKE = {
-    "width": 0.125,
-    "fc_width": 128,
-    "crop": 32,
-    "init": "glorot",
-    "val_q": None,
-    "shuffle_buffer": 256,
-    "max_train_images": 512,
-    "max_val_images": 128,
-    "epochs": 2,
-    "batch_size": 32,
-    "micro_batch": None,
-}
-
-
-def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
-           metavar: str | tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with its help text (and accepted values) attached, for flags, docs and validation."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
-    return field(default=default, metadata=meta)
+SMOKE = {"width": 0.125, "fc_width": 128, "crop": 32, "init": "glorot", "val_q": None, "shuffle_buffer": 256,
+         "max_train_images": 512, "max_val_images": 128, "epochs": 2, "batch_size": 32, "micro_batch": None}
 
 
 @dataclass(frozen=True)
-class _Kind:
-    """What a field holds, read from its annotation: base type, whether None is allowed, tuple length."""
-
-    base: type
-    optional: bool
-    nargs: int | None
-
-
-def _kind(hint: Any) -> _Kind:
-    optional = False
-    if get_origin(hint) in (Union, types.UnionType):
-        args = [a for a in get_args(hint) if a is not type(None)]
-        optional = len(args) < len(get_args(hint))
-        (hint,) = args
-    if get_origin(hint) is tuple:
-        args = get_args(hint)
-        return _Kind(args[0], optional, len(args))
-    return _Kind(hint, optional, None)
-
-
-_WHAT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-
-
-def _expected(f: Field, kind: _Kind) -> str:
-    if f.metadata.get("choices"):
-        what = "one of " + ", ".join(map(str, f.metadata["choices"]))
-    elif kind.nargs:
-        what = f"{kind.nargs} integers" if kind.base is int else f"{kind.nargs} values"
-    else:
-        what = _WHAT[kind.base]
-    return what + (" or none" if kind.optional else "")
-
-
-def _reject(name: str, value: Any, expected: str) -> ValueError:
-    """The one-line error of every bad value: the field, the value, what is accepted."""
-    shown = "none" if value is None else repr(tuple(value) if isinstance(value, list) else value)
-    return ValueError(f"bad {name} {shown}: expected {expected}")
-
-
-def _scalar_ok(base: type, value: Any) -> bool:
-    if base is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, base)
-
-
-def _normalise(f: Field, kind: _Kind, value: Any) -> Any:
-    """Type-check one value; ints become floats for float fields and lists become tuples."""
-    if value is None:
-        if kind.optional:
-            return None
-        raise _reject(f.name, value, _expected(f, kind))
-    if kind.nargs:
-        if not isinstance(value, (list, tuple)) or len(value) != kind.nargs or not all(
-            _scalar_ok(kind.base, v) for v in value
-        ):
-            raise _reject(f.name, value, _expected(f, kind))
-        return tuple(kind.base(v) for v in value)
-    if not _scalar_ok(kind.base, value):
-        raise _reject(f.name, value, _expected(f, kind))
-    if f.metadata.get("choices") and value not in f.metadata["choices"]:
-        raise _reject(f.name, value, _expected(f, kind))
-    return float(value) if kind.base is float else value
-
-
-class _Section:
-    """A config section: type-checks its fields, then runs its own range checks (``_validate``)."""
-
-    def __post_init__(self) -> None:
-        hints = get_type_hints(type(self))
-        for f in fields(self):  # type: ignore[arg-type]
-            object.__setattr__(self, f.name, _normalise(f, _kind(hints[f.name]), getattr(self, f.name)))
-        check_finite(self)  # NaN and infinity pass most range checks: every float field, before them
-        self._validate()
-
-    def _validate(self) -> None:
-        pass
-
-
-def _check(ok: bool, name: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise _reject(name, value, expected)
-
-
-@dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(Checked):
     """The network (Table 1) and its initialisation (Sec. 3.1)."""
 
     arch: str = option("E", "configuration of Table 1", choices=ARCHS)
@@ -200,7 +91,7 @@ class ModelConfig(_Section):
         "3.1); all = every weight (S=384 from S=256, jittered S from S=384); auto = all when the source has this "
         "arch, else transfer", choices=INIT_LAYERS)
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.width > 0, "width", self.width, "a positive number")
         _check(self.fc_width >= 1, "fc_width", self.fc_width, "a positive integer")
         _check(self.crop >= STRIDE and self.crop % STRIDE == 0, "crop", self.crop,
@@ -218,18 +109,17 @@ class ModelConfig(_Section):
 
 
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Checked):
     """The data and its augmentation: training scale S (Sec. 3.1) and validation scale Q (Sec. 4.1)."""
 
     data: str | None = option(None, "manifest URI of the sharded dataset (local path or s3://); required unless "
                                     "smoke", metavar="URI")
     num_classes: int | None = option(None, "number of classes; none = from the manifest")
-    scale: int | None = option(
-        None, f"fixed training scale S, the shorter side before cropping; none = {SCALE} unless scale_jitter is "
-        "set", metavar="S")
-    scale_jitter: tuple[int, int] | None = option(
-        None, f"draw S per image from [SMIN, SMAX] (the paper's multi-scale training uses {SCALE_JITTER[0]} "
-        f"{SCALE_JITTER[1]}); excludes scale", metavar=("SMIN", "SMAX"))
+    scale: TrainScale = option(
+        TrainScale(SCALE, SCALE), "training scale S, the shorter side before cropping: S fixed, or "
+        f"SMIN,SMAX to draw S per image from [SMIN, SMAX] (the paper's multi-scale training: {SCALE_JITTER[0]},"
+        f"{SCALE_JITTER[1]}); --scale-jitter SMIN SMAX is the older spelling", metavar=("S", "SMAX"),
+        aliases=("--scale-jitter",), nargs="+", parse=TrainScale.of, dump=TrainScale.plain)
     flip: bool = option(True, "random horizontal flips in training")
     colour_shift: float = option(PCA_STD, "std of AlexNet's PCA colour-shift alphas; 0 disables it")
     val_q: int | None = option(
@@ -247,17 +137,9 @@ class DataConfig(_Section):
     max_train_images: int | None = option(None, "train on at most this many images per epoch; none = all")
     max_val_images: int | None = option(None, "validate on at most this many images; none = all")
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.data is None or self.data.strip() != "", "data", self.data, "a manifest URI")
         _check(self.num_classes is None or self.num_classes >= 2, "num_classes", self.num_classes, "at least 2")
-        if self.scale is not None and self.scale_jitter is not None:
-            raise ValueError(f"bad scale {self.scale} with scale_jitter {self.scale_jitter}: they exclude each "
-                             "other, set one")
-        _check(self.scale is None or self.scale > 0, "scale", self.scale, "a positive integer")
-        if self.scale_jitter is not None:
-            smin, smax = self.scale_jitter
-            _check(0 < smin < smax, "scale_jitter", self.scale_jitter,
-                   "0 < SMIN < SMAX (use scale for a fixed S)")
         _check(self.colour_shift >= 0, "colour_shift", self.colour_shift, "a std >= 0")
         _check(self.val_q is None or self.val_q > 0, "val_q", self.val_q, "a positive integer")
         _check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, "an integer >= 0")
@@ -268,11 +150,8 @@ class DataConfig(_Section):
 
     @property
     def train_scale(self) -> TrainScale:
-        """The training scale: fixed S or [Smin, Smax]."""
-        if self.scale_jitter is not None:
-            return TrainScale(*self.scale_jitter)
-        s = SCALE if self.scale is None else self.scale
-        return TrainScale(s, s)
+        """The training scale S: the ``scale`` field (the name the loop, the card and the ladder read)."""
+        return self.scale
 
     @property
     def q(self) -> int:
@@ -281,7 +160,7 @@ class DataConfig(_Section):
 
 
 @dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(Checked):
     """Mini-batch SGD with momentum (Sec. 3.1); the batch is global, split across workers."""
 
     batch_size: int = option(BATCH_SIZE, "global batch size (all workers together)")
@@ -296,7 +175,7 @@ class OptimConfig(_Section):
     warmup_epochs: float | None = option(
         None, f"epochs of linear LR warm-up; none = {SCALED_WARMUP_EPOCHS:g} when the LR is scaled up, else 0")
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "a positive integer")
         _check(self.micro_batch is None or self.micro_batch >= 1, "micro_batch", self.micro_batch,
                "a positive integer or none")
@@ -329,7 +208,7 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ScheduleConfig(_Section):
+class ScheduleConfig(Checked):
     """The LR schedule (Sec. 3.1): divide by 10 when validation accuracy stops improving, 3 times, then stop.
 
     The paper does not say how long "stops improving" is. patience 3: four LR phases share 74 epochs (about 18
@@ -346,7 +225,7 @@ class ScheduleConfig(_Section):
         1e-3, "absolute gain in validation top-1 accuracy (a fraction) that counts as improvement; 1e-3 = 0.1 "
         "points, 50 of ILSVRC-2012's 50,000 validation images")
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.epochs >= 1, "epochs", self.epochs, "a positive integer")
         _check(0.0 < self.lr_factor < 1.0, "lr_factor", self.lr_factor, "a number in (0, 1)")
         _check(self.max_decays >= 0, "max_decays", self.max_decays, "an integer >= 0")
@@ -355,7 +234,7 @@ class ScheduleConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ClusterConfig(_Section):
+class ClusterConfig(Checked):
     """Ray Train's scaling and fault tolerance: data-parallel workers, their resources, restarts."""
 
     workers: int = option(1, "data-parallel training workers (one GPU each when GPUs are used)")
@@ -368,7 +247,7 @@ class ClusterConfig(_Section):
         "ray://host:port = that cluster; none = RAY_ADDRESS, else a running cluster, else a local Ray",
         metavar="ADDR")
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.workers >= 1, "workers", self.workers, "a positive integer")
         _check(self.cpus_per_worker > 0, "cpus_per_worker", self.cpus_per_worker, "a positive number")
         _check(self.max_failures >= -1, "max_failures", self.max_failures, "an integer >= -1")
@@ -377,7 +256,7 @@ class ClusterConfig(_Section):
 
 
 @dataclass(frozen=True)
-class RunConfig(_Section):
+class RunConfig(Checked):
     """Naming, storage, checkpoints, seed and tracking of one run."""
 
     name: str | None = option(None, "run name (storage folder and MLflow run); none = from arch and scale")
@@ -389,7 +268,7 @@ class RunConfig(_Section):
     experiment: str = option("verydeep", "MLflow experiment name")
     smoke: bool = option(False, "tiny preset that trains in about a minute on a CPU (flags given still override it)")
 
-    def _validate(self) -> None:
+    def check(self) -> None:
         _check(self.name is None or (self.name.strip() != "" and "/" not in self.name), "name", self.name,
                "a non-empty name without '/'")
         _check(self.storage.strip() != "", "storage", self.storage, "a folder or s3:// URI")
@@ -415,10 +294,8 @@ class TrainConfig:
             section = getattr(self, f.name)
             if not isinstance(section, SECTIONS[f.name]):
                 raise ValueError(f"bad {f.name} section {section!r}: expected a {SECTIONS[f.name].__name__}")
-        crop, scale = self.model.crop, self.data.train_scale
-        if scale.smin < crop:
-            name, value = ("scale_jitter", self.data.scale_jitter) if scale.jittered else ("scale", scale.smin)
-            raise _reject(name, value, f"a training scale of at least crop={crop}")
+        crop, scale = self.model.crop, self.data.scale
+        _check(scale.smin >= crop, "scale", scale.plain(), f"a training scale of at least crop={crop}")
         _check(self.data.q >= crop, "val_q", self.data.q, f"a validation scale of at least crop={crop}")
         _check(self.data.data is not None or self.run.smoke, "data", None, "a manifest URI (required unless smoke)")
         workers, batch = self.cluster.workers, self.optim.batch_size
@@ -522,109 +399,34 @@ class TrainConfig:
         return out
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in fields(TrainConfig)}  # type: ignore[misc]
-
-
-def _leaves() -> dict[str, tuple[str, Field, _Kind]]:
-    """Every leaf field by name (names are unique across sections, so a flag is just the field's name)."""
-    out: dict[str, tuple[str, Field, _Kind]] = {}
-    for section, cls in SECTIONS.items():
-        hints = get_type_hints(cls)
-        for f in fields(cls):
-            if f.name in out:
-                raise TypeError(f"field {f.name} is in both {out[f.name][0]} and {section}: names must be unique")
-            out[f.name] = (section, f, _kind(hints[f.name]))
-    return out
-
-
-LEAVES = _leaves()
-
-
-def iter_fields() -> Iterator[tuple[str, str, Field]]:
-    """(section, name, dataclass field) for every leaf of the config, in declaration order."""
-    for name, (section, f, _) in LEAVES.items():
-        yield section, name, f
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a field: ``init_from`` -> ``--init-from``."""
-    return "--" + name.replace("_", "-")
+SECTIONS = cli.sections(TrainConfig)
+LEAVES = cli.leaves(TrainConfig)
 
 
 # ---- dicts: checkpoints, recipes, MLflow -----------------------------------------------------------------------------
 
 
+def _layer(data: Any, source: str) -> dict[str, Any]:
+    """A flat layer of a config dict, a recipe or flags; S written as the two fields of older versions (``scale``
+    None or an int, ``scale_jitter`` None or a pair) reads as the one field."""
+    flat = cli.flatten(TrainConfig, data, source, LEGACY)
+    jitter = flat.pop("scale_jitter", None)
+    if jitter is not None:
+        flat["scale"] = jitter
+    elif "scale" in flat and flat["scale"] is None:  # the old "none = 256"
+        del flat["scale"]
+    return flat
+
+
 def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
-    """The config as nested plain data (JSON/YAML-safe: tuples become lists), as stored in checkpoints."""
-    return json.loads(json.dumps(asdict(config)))
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Read numbers written as strings (YAML reads 1e-2 as a string) and "none" as None, as the flags do; the
-    section checks everything else."""
-    _, f, kind = LEAVES[name]
-    if kind.optional and isinstance(value, str) and value.lower() == "none":
-        return None
-    if isinstance(value, str) and kind.base in (int, float) and not kind.nargs:
-        try:
-            return kind.base(value)
-        except ValueError:
-            raise _reject(name, value, _expected(f, kind)) from None
-    return value
-
-
-def _flat(layer: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """A layer (nested by section, or flat by field name, or ``section.field``) as {field name: value}."""
-    if not isinstance(layer, Mapping):
-        raise ValueError(f"bad {source}: expected a mapping of sections or fields, got {type(layer).__name__}")
-    out: dict[str, Any] = {}
-
-    def put(name: str, value: Any, section: str | None) -> None:
-        if name not in LEAVES or (section is not None and LEAVES[name][0] != section):
-            where = f"section {section}" if section else "the config"
-            accepted = [n for n, (s, _, _) in LEAVES.items() if section in (None, s)]
-            raise ValueError(f"unknown field {name!r} in {where} ({source}): expected one of {', '.join(accepted)}")
-        out[name] = _coerce(name, value)
-
-    for key, value in layer.items():
-        if key in SECTIONS and (isinstance(value, Mapping) or key not in LEAVES):  # "data" is a section and a field
-            if not isinstance(value, Mapping):
-                raise ValueError(f"bad section {key} in {source}: expected a mapping of fields")
-            for name, v in value.items():
-                put(name, v, key)
-        elif "." in key:
-            section, name = key.split(".", 1)
-            put(name, value, section)
-        else:
-            put(key, value, None)
-    both = [k for k in ("scale", "scale_jitter") if out.get(k) is not None]
-    if len(both) == 2:
-        raise ValueError(f"bad scale {out['scale']} with scale_jitter {out['scale_jitter']} in {source}: they exclude "
-                         "each other, set one")
-    return out
-
-
-def _merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat layers, later ones winning; setting one of an exclusive pair clears the other."""
-    out: dict[str, Any] = {}
-    for layer in layers:
-        for name, value in layer.items():
-            if name in EXCLUSIVE and value is not None:
-                out[EXCLUSIVE[name]] = None
-            out[name] = value
-    return out
-
-
-def _build(flat: Mapping[str, Any]) -> TrainConfig:
-    nested: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    for name, value in flat.items():
-        nested[LEAVES[name][0]][name] = value
-    return TrainConfig(**{s: SECTIONS[s](**kw) for s, kw in nested.items()})
+    """The config as nested plain data (JSON/YAML-safe), as stored in checkpoints."""
+    return cli.to_dict(config)
 
 
 def from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    """A config from ``to_dict``'s output or a recipe mapping; missing fields take their defaults."""
-    return _build(_flat(data, "config dict"))
+    """A config from ``to_dict``'s output (of this or an older version) or a recipe mapping; missing fields take
+    their defaults."""
+    return cli.build(TrainConfig, _layer(data, "config dict"))
 
 
 def derived(config: TrainConfig, gpu: bool = False) -> dict[str, Any]:
@@ -644,17 +446,9 @@ def derived(config: TrainConfig, gpu: bool = False) -> dict[str, Any]:
 
 def to_params(config: TrainConfig, gpu: bool = False) -> dict[str, str]:
     """Every leaf field (``section.field``) and every derived quantity (``derived.*``), as MLflow param strings."""
-    params = {f"{section}.{name}": _param(value)
-              for section, values in to_dict(config).items() for name, value in values.items()}
     extra = derived(config, gpu)
     extra["deviations_from_paper"] = "; ".join(extra["deviations_from_paper"]) or "none"
-    params.update({f"derived.{k}": _param(v) for k, v in extra.items()})
-    return params
-
-
-def _param(value: Any) -> str:
-    text = "none" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
+    return {**cli.to_params(config), **{f"derived.{k}": cli.param_text(v) for k, v in extra.items()}}
 
 
 # ---- recipes ---------------------------------------------------------------------------------------------------------
@@ -674,111 +468,50 @@ def find_recipe(name: str) -> Path:
 
 def load_recipe(name: str, smoke: bool = False) -> dict[str, Any]:
     """A recipe as a flat {field: value} layer: YAML, or Python with ``get_config(smoke: bool = False)``."""
-    path = find_recipe(name)
-    if path.suffix == ".py":
-        spec = importlib.util.spec_from_file_location(f"_recipe_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        get_config = getattr(module, "get_config", None)
-        if get_config is None:
-            raise ValueError(f"bad config {path.name}: a Python recipe defines get_config(smoke: bool = False)")
-        takes_smoke = "smoke" in inspect.signature(get_config).parameters
-        layer = get_config(smoke=smoke) if takes_smoke else get_config()
-        if isinstance(layer, TrainConfig):
-            layer = to_dict(layer)
-    else:
-        layer = yaml.safe_load(path.read_text()) or {}
-    return _flat(layer, path.name)
+    return _layer(cli.load_file(TrainConfig, find_recipe(name), LEGACY, smoke=smoke), name)
 
 
 def smoke_preset(layer: Mapping[str, Any]) -> dict[str, Any]:
     """The --smoke overrides for a flat layer: tiny sizes; S keeps the paper's ratio to the crop (256/224), and a
     jittered S stays jittered ([256, 512]/224 of the crop)."""
     crop = layer.get("crop", SMOKE["crop"])
-    if layer.get("scale_jitter") is not None:
-        return {**SMOKE, "scale_jitter": tuple(at_crop(s, crop) for s in SCALE_JITTER)}
-    return {**SMOKE, "scale": at_crop(SCALE, crop)}
+    jittered = "scale" in layer and TrainScale.of(layer["scale"]).jittered
+    paper = TrainScale(*SCALE_JITTER) if jittered else TrainScale(SCALE, SCALE)
+    return {**SMOKE, "scale": paper.at_crop(crop).plain()}
 
 
 def compose(recipe: Mapping[str, Any] | None = None, explicit: Mapping[str, Any] | None = None) -> TrainConfig:
     """Defaults < recipe < smoke preset (if smoke is on in either) < explicit overrides; each layer flat or nested."""
-    recipe = _flat(recipe or {}, "recipe")
-    explicit = _flat(explicit or {}, "flags")
-    smoke = bool(_merge(recipe, explicit).get("smoke", False))
+    recipe, explicit = _layer(recipe or {}, "recipe"), _layer(explicit or {}, "flags")
+    smoke = bool({**recipe, **explicit}.get("smoke", False))
     # The preset's S follows the crop that will be used, so that --smoke --crop 64 needs no --scale.
-    preset = smoke_preset(_merge(recipe, SMOKE, {k: v for k, v in explicit.items() if k == "crop"})) if smoke else {}
-    return _build(_merge(recipe, preset, explicit))
+    preset = smoke_preset({**recipe, **SMOKE, **{k: v for k, v in explicit.items() if k == "crop"}}) if smoke else {}
+    return cli.build(TrainConfig, {**recipe, **preset, **explicit})
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
 
 
-def _shown(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, tuple):
-        return " ".join(map(str, value))
-    return str(value)
-
-
-def _converter(kind: _Kind) -> Any:
-    """argparse's type= for a field: "none" is None where the field allows it."""
-
-    def convert(text: str) -> Any:
-        if kind.optional and not kind.nargs and text.lower() == "none":
-            return None
-        return kind.base(text)
-
-    convert.__name__ = kind.base.__name__  # argparse names it in "invalid int value: 'x'"
-    return convert
-
-
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command line, one flag per config field (help = the field's help, with its default)."""
-    parser = OneLineParser(
-        prog=prog,
-        description="Train a VGG net of Table 1 with the paper's recipe (Sec. 3.1). Defaults are the paper's; "
-        "precedence: defaults < --config recipe < --smoke preset < flags given here.",
-        argument_default=argparse.SUPPRESS,  # only flags actually given reach the namespace, so they override
-    )
+    """The command line: one flag per config field (``pipeline.cli``) and ``--config``."""
+    parser = cli.build_parser(
+        TrainConfig, prog, "Train a VGG net of Table 1 with the paper's recipe (Sec. 3.1). Defaults are the paper's; "
+        "precedence: defaults < --config recipe < --smoke preset < flags given here.")
     parser.add_argument("--config", metavar="FILE", help="a YAML or Python recipe: a path, or a name in "
                         "trainer/recipes such as a_256; flags given here override it")
-    groups = {s: parser.add_argument_group(s, inspect.getdoc(cls).splitlines()[0]) for s, cls in SECTIONS.items()}
-    exclusive = {}
-    for name, (section, f, kind) in LEAVES.items():
-        group = groups[section]
-        if name in EXCLUSIVE:  # one mutually exclusive group per pair
-            key = frozenset((name, EXCLUSIVE[name]))
-            if key not in exclusive:
-                exclusive[key] = groups[section].add_mutually_exclusive_group()
-            group = exclusive[key]
-        text = f.metadata["help"] + f" (default: {_shown(f.default)})"
-        text = text.replace("%", "%%")
-        if kind.base is bool:
-            group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, help=text)
-            continue
-        metavar = f.metadata["metavar"] or {int: "N", float: "X"}.get(kind.base, name.upper())
-        kwargs: dict[str, Any] = dict(dest=name, help=text, type=_converter(kind), metavar=metavar)
-        if f.metadata["choices"]:
-            kwargs.update(choices=f.metadata["choices"], metavar=None)
-        if kind.nargs:
-            kwargs.update(nargs=kind.nargs)
-        group.add_argument(flag(name), **kwargs)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> TrainConfig:
     """The config from command-line flags (and the recipe ``--config`` names); bad input exits with one line, code 2."""
     parser = build_parser(prog)
-    ns = vars(parser.parse_args(argv))
-    recipe_name = ns.pop("config", None)
+    flags = vars(parser.parse_args(argv))
+    recipe_name = flags.pop("config", None)
     try:
-        recipe = load_recipe(recipe_name, smoke=bool(ns.get("smoke", False))) if recipe_name else {}
-        return compose(recipe, ns)
+        recipe = load_recipe(recipe_name, smoke=bool(flags.get("smoke", False))) if recipe_name else {}
+        return compose(recipe, flags)
     except (ValueError, OSError, yaml.YAMLError) as e:
-        parser.error(" ".join(str(e).split()))
+        parser.error(str(e))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

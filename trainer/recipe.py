@@ -16,12 +16,12 @@ kept at the paper's ratios).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.cli import OneLineParser
 from trainer.config import build_parser, compose
 from trainer.run import JobError, summary, tracking_uri, train
 from trainer.tracking import Tracker
@@ -48,8 +48,7 @@ def paper_ladder(arch: str, crop: int) -> list[Step]:
     steps = []
     for rung in ladder(arch):
         s = rung.scale.at_crop(crop)
-        scale = {"scale_jitter": (s.smin, s.smax)} if s.jittered else {"scale": s.smin}
-        steps.append(Step(rung.name, {"arch": rung.arch, **scale, "lr": rung.lr}, rung.init))
+        steps.append(Step(rung.name, {"arch": rung.arch, "scale": (s.smin, s.smax) if s.jittered else s.smin, "lr": rung.lr}, rung.init))
     return steps
 
 
@@ -81,8 +80,8 @@ def parent_run(tracking: str, experiment: str, ladder: str) -> Tracker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or finish) the ladder; one ``error:`` line and a non-zero exit when a rung cannot run."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                                     epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
+                           epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
     parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512] (A, A-LRN: "
                         "X-256 -> X-384 -> X-[256,512])")
     parser.add_argument("--arch", choices=ARCHS, default="E", help="the configuration at the top of the ladder")

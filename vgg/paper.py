@@ -13,6 +13,7 @@ S=256 weights at LR 1e-3, and to scale jittering S in [256, 512] from all of its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # ---- Sec. 2.1: architecture -----------------------------------------------------------------------------------------
 
@@ -55,6 +56,30 @@ class TrainScale:
 
     def __str__(self) -> str:
         return f"[{self.smin};{self.smax}]" if self.jittered else str(self.smin)
+
+    FORMS = "S or SMIN,SMAX (positive integers, SMIN <= SMAX)"  # what ``of`` reads, for error lines
+
+    @classmethod
+    def of(cls, value: Any) -> TrainScale:
+        """S from what flags, config files and stored configs hold: 256, "256", "256,512", ["256", "512"],
+        [256, 512] or a TrainScale (a fixed S is a range of one); ValueError(FORMS) on anything else."""
+        if isinstance(value, TrainScale):
+            value = [value.smin, value.smax]
+        parts: list[Any] = []
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            parts += item.replace(",", " ").split() if isinstance(item, str) else [item]
+        try:
+            nums = [int(p) if isinstance(p, str) else p for p in parts]
+        except ValueError:
+            raise ValueError(cls.FORMS) from None
+        if not (len(nums) in (1, 2) and all(type(n) is int for n in nums) and 0 < nums[0] <= nums[-1]):
+            raise ValueError(cls.FORMS)
+        return cls(nums[0], nums[-1])
+
+    def plain(self) -> int | list[int]:
+        """S as a config file writes it: 256, or [256, 512] when jittered (``of`` reads it back)."""
+        return [self.smin, self.smax] if self.jittered else self.smin
+
 
     def at_crop(self, crop: int) -> TrainScale:
         """This scale for a crop of ``crop`` pixels, keeping the paper's S/crop ratio (S * crop / 224, rounded)."""

@@ -110,7 +110,7 @@ def test_every_command_has_the_flag():
     assert prepare_args(["--src", "a", "--dst", "b", "--ray-address", "ray://h:10001"]).ray_address == "ray://h:10001"
     with pytest.raises(SystemExit):
         train_args(["--smoke", "--ray-address", "somewhere"])
-    with pytest.raises(ValueError, match="bad --ray-address 'somewhere'"):
+    with pytest.raises(SystemExit):
         sweep_args(["--model", "m", "--data", "d", "--ray-address", "somewhere"])
     with pytest.raises(SystemExit):
         prepare_args(["--src", "a", "--dst", "b", "--ray-address", "somewhere"])

@@ -8,9 +8,9 @@ from cli_refusal import refused
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
 import vgg
+from pipeline.cli import MAX_PARAM_VALUE, flag
 from trainer.config import (
     LEAVES,
-    MAX_PARAM_VALUE,
     RECIPES,
     SECTIONS,
     DataConfig,
@@ -19,14 +19,13 @@ from trainer.config import (
     TrainConfig,
     build_parser,
     compose,
-    flag,
     from_dict,
-    iter_fields,
     load_recipe,
     parse_args,
     to_dict,
     to_params,
 )
+from vgg.protocol import TrainScale
 
 DATA = ["--data", "s3://bucket/ilsvrc2012/manifest.json"]
 RECIPE_FILES = sorted(p for p in RECIPES.iterdir() if p.suffix in (".yaml", ".py"))
@@ -57,10 +56,10 @@ def test_every_field_has_a_flag_with_help_and_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     actions = {a.dest: a for a in build_parser()._actions}
     assert set(actions) == set(LEAVES) | {"help", "config"}
-    for section, name, f in iter_fields():
-        assert f.metadata["help"].strip(), f"{section}.{name} has no help text"
+    for name, leaf in LEAVES.items():
+        assert leaf.meta("help").strip(), f"{leaf.section}.{name} has no help text"
         assert flag(name) in text
-        assert "(default: " in actions[name].help and f.metadata["help"] in actions[name].help
+        assert "(default: " in actions[name].help and leaf.meta("help") in actions[name].help
 
 
 def test_field_names_are_unique_across_sections():
@@ -77,11 +76,11 @@ def test_issue_flags_exist():
 
 
 def test_flags_of_every_kind_parse():
-    cfg = parse_args(DATA + ["--arch", "D", "--width", "0.5", "--no-flip", "--scale-jitter", "256", "512",
+    cfg = parse_args(DATA + ["--arch", "D", "--width", "0.5", "--no-flip", "--scale", "256,512",
                              "--init-from", "runs:/abc123", "--micro-batch", "64", "--gpu", "false",
                              "--cpus-per-worker", "0.5", "--val-q", "none"])
     assert (cfg.model.arch, cfg.model.width, cfg.data.flip) == ("D", 0.5, False)
-    assert cfg.data.scale_jitter == (256, 512) and cfg.data.scale is None
+    assert cfg.data.scale == TrainScale(256, 512)
     assert cfg.model.init_from == "runs:/abc123" and cfg.optim.micro_batch == 64
     assert cfg.cluster.gpu == "false" and cfg.cluster.cpus_per_worker == 0.5 and cfg.data.val_q is None
 
@@ -111,13 +110,34 @@ def test_config_is_frozen():
 # ---- errors ----------------------------------------------------------------------------------------------------------
 
 
-def test_scale_and_scale_jitter_exclude_each_other(capsys):
-    err = error_line(capsys, DATA + ["--scale", "256", "--scale-jitter", "256", "512"])
-    assert "--scale-jitter" in err and "not allowed" in err
-    with pytest.raises(ValueError, match="exclude each other"):
-        DataConfig(scale=256, scale_jitter=(256, 512))
-    with pytest.raises(ValueError, match="exclude each other"):
-        compose(recipe={"data": {"scale": 256, "scale_jitter": [256, 512]}}, explicit={"data": "m"})
+# ---- the training scale S: one field, a range (a fixed S is a range of one) ------------------------------------------
+
+
+@pytest.mark.parametrize("argv, scale", [
+    ([], (256, 256)), (["--scale", "384"], (384, 384)), (["--scale", "256,512"], (256, 512)),
+    (["--scale", "256", "512"], (256, 512)), (["--scale-jitter", "256", "512"], (256, 512)),  # the older spelling
+    (["--scale", "256,512", "--scale", "384"], (384, 384)),  # the last one given wins, as for every flag
+])
+def test_scale_is_one_flag_for_fixed_and_jittered_s(argv, scale):
+    assert parse_args(DATA + argv).data.scale == TrainScale(*scale)
+
+
+@pytest.mark.parametrize("value", ["0", "512,256", "256,384,512", "abc", "256.5"])
+def test_bad_scales_give_one_error_line(capsys, value):
+    err = error_line(capsys, DATA + ["--scale", value])
+    assert err.startswith(f"error: bad scale {value}: expected S or SMIN,SMAX"), err
+
+
+def test_configs_stored_with_the_two_old_scale_fields_still_read():
+    old = to_dict(config())
+    del old["data"]["scale"]
+    for before, now in [({"scale": None, "scale_jitter": [256, 512]}, (256, 512)),
+                        ({"scale_jitter": [256, 512], "scale": None}, (256, 512)),
+                        ({"scale": 384, "scale_jitter": None}, (384, 384)),
+                        ({"scale": None, "scale_jitter": None}, (256, 256))]:
+        cfg = from_dict({**old, "data": {**old["data"], **before}})
+        assert cfg.data.scale == TrainScale(*now) and cfg == config(scale=list(now))
+    assert compose(recipe={"data.scale_jitter": [256, 512]}, explicit={"data": "m"}).data.q == 384
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -126,7 +146,8 @@ def test_scale_and_scale_jitter_exclude_each_other(capsys):
     (["--arch", "Z"], ["--arch", "'Z'", "A-LRN"]),
     (["--workers", "2", "--micro-batch", "48"], ["micro_batch", "48", "128"]),
     (["--scale", "200"], ["scale", "200", "crop=224"]),
-    (["--scale-jitter", "512", "256"], ["scale_jitter", "(512, 256)", "SMIN < SMAX"]),
+    (["--scale-jitter", "512", "256"], ["scale", "512,256", "SMIN <= SMAX"]),
+    (["--scale", "32,512"], ["scale", "32,512", "crop=224"]),
     (["--val-q", "128"], ["val_q", "128", "crop=224"]),
     (["--dropout", "1.0"], ["dropout", "1.0", "[0, 1)"]),
     (["--lr", "abc"], ["--lr", "'abc'"]),
@@ -143,7 +164,7 @@ def test_bad_values_give_one_error_line(capsys, argv, words):
         assert word in err, err
 
 
-FLOAT_FIELDS = sorted(name for name, (_, _, kind) in LEAVES.items() if kind.base is float)
+FLOAT_FIELDS = sorted(name for name, leaf in LEAVES.items() if leaf.base is float)
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
@@ -169,7 +190,7 @@ def test_data_is_required_unless_smoke(capsys):
 
 @pytest.mark.parametrize("cls, kwargs", [
     (ModelConfig, {"arch": "F"}), (ModelConfig, {"crop": 100}), (ModelConfig, {"width": "1"}),
-    (ModelConfig, {"fc_width": 1.5}), (DataConfig, {"flip": 1}), (DataConfig, {"scale_jitter": (256,)}),
+    (ModelConfig, {"fc_width": 1.5}), (DataConfig, {"flip": 1}), (DataConfig, {"scale": (512, 256)}),
     (OptimConfig, {"momentum": 1.0}), (OptimConfig, {"batch_size": True}),
 ])
 def test_sections_reject_bad_values_in_one_line_naming_the_field(cls, kwargs):
@@ -214,9 +235,9 @@ def test_fine_tuning_recipes_use_the_papers_lr():
 def test_flags_override_recipes():
     cfg = parse_args(["--config", "a_256", "--arch", "B", "--lr", "0.05", "--scale-jitter", "256", "512"] + DATA)
     assert cfg.model.arch == "B" and cfg.optim.lr == 0.05
-    assert cfg.data.scale is None and cfg.data.scale_jitter == (256, 512)
+    assert cfg.data.scale == TrainScale(256, 512)
     fixed = parse_args(["--config", "d_256_512", "--scale", "384"] + DATA)
-    assert fixed.data.scale == 384 and fixed.data.scale_jitter is None
+    assert fixed.data.scale == TrainScale(384, 384)
 
 
 def test_yaml_recipe_forms(tmp_path):
@@ -252,13 +273,13 @@ def test_smoke_preset_shrinks_and_flags_still_win():
     assert (given.schedule.epochs, given.model.crop, given.model.width) == (3, 64, 0.25)
     assert given.data.train_scale.smin == 73  # the preset's S follows the crop given
     jittered = parse_args(["--config", "d_256_512", "--smoke"])
-    assert jittered.data.scale_jitter == (37, 73) and jittered.data.q == 55
+    assert jittered.data.scale == TrainScale(37, 73) and jittered.data.q == 55
 
 
 # ---- dicts and params ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields", [{}, {"scale_jitter": (256, 512), "arch": "E", "init_from": "runs:/x"},
+@pytest.mark.parametrize("fields", [{}, {"scale": (256, 512), "arch": "E", "init_from": "runs:/x"},
                                     {"smoke": True, "micro_batch": 16, "tracking_uri": "http://mlflow:5000"}])
 def test_to_dict_from_dict_round_trip_through_json(fields):
     cfg = config(**fields)
@@ -276,13 +297,14 @@ def test_from_dict_rejects_unknown_keys_and_fills_missing():
 def test_to_params_covers_every_leaf_within_mlflow_limits():
     cfg = config(storage="s3://bucket/" + "x" * 2000, width=0.25, batch_size=128)
     params = to_params(cfg)
-    leaves = {f"{section}.{name}" for section, name, _ in iter_fields()}
+    leaves = {f"{leaf.section}.{name}" for name, leaf in LEAVES.items()}
     assert leaves <= set(params)
     assert {k for k in params if k not in leaves} == {k for k in params if k.startswith("derived.")}
     assert all(isinstance(v, str) and len(v) <= MAX_PARAM_VALUE for v in params.values())
     assert MAX_PARAM_VALUE <= MAX_PARAM_VAL_LENGTH and all(len(k) <= MAX_ENTITY_KEY_LENGTH for k in params)
     assert params["run.storage"].endswith("...")
-    assert params["optim.batch_size"] == "128" and params["data.scale_jitter"] == "none"
+    assert params["optim.batch_size"] == "128" and params["data.scale"] == "256" and params["data.val_q"] == "none"
+    assert to_params(config(scale="256,512"))["data.scale"] == "256,512"  # as the flag takes it
     assert "batch 128 instead of 256" in params["derived.deviations_from_paper"]
 
 
@@ -299,8 +321,8 @@ def test_batch_split(batch, workers, micro, per_worker, accumulation):
 
 
 @pytest.mark.parametrize("fields, q", [
-    ({}, 256), ({"scale": 384}, 384), ({"scale_jitter": (256, 512)}, 384),
-    ({"scale_jitter": (256, 512), "val_q": 256}, 256),
+    ({}, 256), ({"scale": 384}, 384), ({"scale": (256, 512)}, 384),
+    ({"scale": (256, 512), "val_q": 256}, 256),
 ])
 def test_validation_q_follows_section_4_1(fields, q):
     assert config(**fields).data.q == q

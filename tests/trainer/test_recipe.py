@@ -24,9 +24,19 @@ def test_paper_ladder_scales_follow_the_crop():
     assert [r.init_layers for r in full] == [None, "transfer", "all", "all"]
     assert full[0].fields == {"arch": "A", "scale": 256, "lr": 1e-2}
     assert full[2].fields == {"arch": "E", "scale": 384, "lr": 1e-3}
-    assert full[3].fields["scale_jitter"] == (256, 512)
+    assert full[3].fields["scale"] == (256, 512)
     assert [r.name for r in paper_ladder("A", 32)] == ["A-S256", "A-S384", "A-S256-512"]
-    assert paper_ladder("D", 32)[3].fields["scale_jitter"] == (37, 73)
+    assert paper_ladder("D", 32)[3].fields["scale"] == (37, 73)
+
+
+@pytest.mark.parametrize("argv", [["paper", "--arch", "Z"], ["ladder"], ["paper", "--scale", "0"]])
+def test_bad_flags_are_one_error_line(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # the parser's refusal
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
 
 
 def test_a_lrn_ladder_trains_a_lrn_from_random_init_first():
