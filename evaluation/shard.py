@@ -15,12 +15,11 @@ import torch
 
 from evaluation.methods import VIEWS, evaluate_batch
 from pipeline.decode import EvalDecoder, make_eval_decoder, resolve_device
+from pipeline.shards import COLUMNS
 from pipeline.verify import read_table
 from vgg.augment import rescaled_size
 from vgg.card import ModelCard
 from vgg.model import VGG
-
-COLUMNS = ["key", "label", "height", "width", "image"]
 
 
 @dataclass

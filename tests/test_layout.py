@@ -106,3 +106,14 @@ def test_circle_checker_sees_a_circle_through_a_lazy_import(tmp_path):
     assert import_circle(tmp_path, "pkg") == ["pkg.backend", "pkg.helpers", "pkg.factory", "pkg.backend"]
     (pkg / "helpers.py").write_text("x = 1\n")
     assert import_circle(tmp_path, "pkg") == []
+
+
+# A module longer than this is doing more than one job; split it by job. The packages listed are held to it.
+MAX_LINES = 450
+SIZED = ("pipeline",)
+
+
+@pytest.mark.parametrize("pkg", SIZED)
+def test_modules_are_split_by_job(pkg):
+    long = {str(p.relative_to(ROOT)): n for p in package_files(pkg) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
