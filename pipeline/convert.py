@@ -19,6 +19,8 @@ from vgg.augment import rescaled_size
 
 # Bump when convert_image's output for the same input changes: shards written before then are rebuilt.
 # 2: 16-bit grey images are scaled to 8 bits instead of clipped (almost white).
+# Not bumped when the resize target became vgg.augment.rescaled_size: the sizes are the same except on exact
+# half-pixel ties (none at --max-shorter-side 256 or 512), where a shard written before keeps a 1-pixel-shorter side.
 CONVERTER_VERSION = 2
 # Images declaring more pixels are skipped unread (see pipeline.prepare's module docstring for why 64).
 MAX_MEGAPIXELS = 64.0

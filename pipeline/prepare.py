@@ -1,4 +1,4 @@
-"""Ingest ImageNet into Parquet shards + ``manifest.json`` (a Ray Data job): ``python -m pipeline.prepare``.
+"""Ingest ImageNet into Parquet shards + ``manifest.json`` (one Ray task per shard): ``python -m pipeline.prepare``.
 
     python -m pipeline.prepare --src /data/imagenet --dst s3://bucket/imagenet-shards
     python -m pipeline.prepare --src s3://raw/imagenet --dst s3://bucket/shards-512 --max-shorter-side 512

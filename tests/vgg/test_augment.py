@@ -117,7 +117,7 @@ def test_eval_reference_keeps_the_whole_image():
 
 
 def _former_prepare_size(width: int, height: int, shorter: int) -> tuple[int, int]:
-    """pipeline.prepare's own copy of the rescaled size, (w, h), before it used ``rescaled_size``: kept as the record."""
+    """pipeline.prepare's own copy of the rescaled size, (w, h), before it used ``rescaled_size`` (the record)."""
     scale = shorter / min(width, height)
     if width <= height:
         return shorter, max(1, round(height * scale))
