@@ -4,7 +4,7 @@
     python benchmarks/prepare_shorter_side.py --smoke    # 8 images, seconds
 
 Generates photo-like JPEGs (smooth random colour fields with edges and fine texture, quality 90 and 4:2:0 like
-camera output), writes one real shard per setting with ``pipeline.prepare.build_shard`` (no Ray: one process),
+camera output), writes one real shard per setting with ``pipeline.shards.build_shard`` (no Ray: one process),
 then decodes the stored images back on one core with PIL and with ``torchvision.io.decode_jpeg``. Prints a table
 and writes ``benchmarks/results/prepare_shorter_side.json``.
 
@@ -32,6 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import prepare as prep  # noqa: E402
+from pipeline.shards import ShardPlan, SourceFile, build_shard  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "prepare_shorter_side.json"
 SETTINGS = (None, 800, 512, 384, 256)
@@ -94,30 +95,25 @@ def run(n_images: int, width: int, height: int, repeats: int) -> dict:
             path = src / "train" / "n00000001" / f"n00000001_{i}.JPEG"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        files = [
-            [f"train/n00000001/n00000001_{i}", f"train/n00000001/n00000001_{i}.JPEG", len(d), 0, "n00000001", False]
+        files = tuple(
+            SourceFile(f"train/n00000001/n00000001_{i}", f"train/n00000001/n00000001_{i}.JPEG", len(d), 0, "n00000001")
             for i, d in enumerate(sources)
-        ]
+        )
         for setting in SETTINGS:
-            cfg = prep.PrepareConfig(src=str(src), dst=str(Path(tmp) / f"dst-{setting}"), max_shorter_side=setting)
-            spec = {
-                "name": "train/train-00000-of-00001.parquet",
-                "fingerprint": hashlib.sha256(str(setting).encode()).hexdigest(),
-                "files": files,
-                "src": cfg.src,
-                "dst": cfg.dst,
-                "endpoint": None,
-                "region": None,
-                "read_threads": 1,  # one core: ingestion cost per image, comparable across settings
-                "row_group_bytes": int(cfg.row_group_mb * prep.MiB),
-                **cfg.content_options,
-            }
+            cfg = prep.PrepareConfig(
+                src=str(src),
+                dst=str(Path(tmp) / f"dst-{setting}"),
+                max_shorter_side=setting,
+                read_threads=1,  # one core: ingestion cost per image, comparable across settings
+            )
+            fingerprint = hashlib.sha256(str(setting).encode()).hexdigest()
+            spec = prep.shard_spec(cfg, ShardPlan("train", 0, 1, files), fingerprint, cfg.src, cfg.dst)
             start = time.perf_counter()
-            record = prep.build_shard(spec)
+            record = build_shard(spec)
             ingest_s = time.perf_counter() - start
             import pyarrow.parquet as pq
 
-            table = pq.read_table(Path(cfg.dst) / spec["name"])
+            table = pq.read_table(Path(cfg.dst) / spec.name)
             stored = table.column("image").to_pylist()
             rows.append(
                 {

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from evaluation.methods import VIEWS, evaluate_batch
-from pipeline.decode import EvalDecoder, dali_importable, make_eval_decoder, resolve_device
+from pipeline.decode import EvalDecoder, make_eval_decoder, resolve_device
+from pipeline.shards import COLUMNS
 from pipeline.verify import read_table
 from vgg.augment import rescaled_size
 from vgg.card import ModelCard
 from vgg.evaluate import group_by_shape, stack_by_shape
 from vgg.model import VGG
-
-COLUMNS = ["key", "label", "height", "width", "image"]
 
 
 @dataclass
@@ -40,9 +39,7 @@ def views_of(methods: Sequence[str]) -> tuple[str, ...]:
 
 
 def decoder_for(backend: str, card: ModelCard, device: torch.device) -> EvalDecoder:
-    """The eval decoder; "auto" takes DALI on a GPU and the CPU decoder on a CPU, where it measured faster."""
-    if backend == "auto":
-        backend = "dali" if device.type == "cuda" and dali_importable() else "cpu"
+    """The eval decoder for a card's mean and std on ``device``; ``pipeline.decode.resolve_backend`` picks "auto"."""
     return make_eval_decoder(backend, mean=card.mean, std=card.std, device=device)
 
 

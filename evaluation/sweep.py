@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from evaluation.tracking import log_sweep
 from pipeline import cluster, storage
 from pipeline.cli import to_params
 from pipeline.manifest import Manifest, ManifestError, load_manifest
+from pipeline.units import UnitError, run_units
 from pipeline.verify import ShardError, error_line, inspect_shards
 
 REPORT_DIR = "report"
@@ -178,36 +180,30 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
 
     cluster.connect(cfg.ray_address)
     gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    task = ray.remote(evaluate_shard).options(num_cpus=1, num_gpus=gpus, max_retries=2)
     states = {m.model_id: ray.put(m.state) for m in plan.models}  # once per net, shared by all its tasks
-    pending = {}
-    for u in units:
-        ref = task.remote(u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard],
-                          plan.limits[u.shard], u.q, methods_for(u.views), cfg.decoder, cfg.batch_size,
-                          cfg.max_crops, cfg.s3_endpoint)
-        pending[ref] = u
+
+    def task_args(u: Unit) -> tuple:
+        return (u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard], plan.limits[u.shard], u.q,
+                methods_for(u.views), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint)
+
     progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     print(f"sweep: {len(units)} units ({len(plan.models)} nets, {gpus and 'GPU' or 'CPU'} tasks) on Ray",
           file=sys.stderr, flush=True)
     try:
-        while pending:
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
-            u = pending.pop(ref)
-            try:
-                result: ShardResult = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                damaged = error_line(e)
-                if damaged is not None:  # its line names the shard and what to do
-                    raise ShardError(damaged) from None
-                cause = getattr(e, "cause", None) or e
-                raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
-                                 f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
-            for view in u.views:
-                store.write(u.model.model_id, u.q, view, u.shard, result.keys, result.labels, result.probs[view])
-            progress.update(len(result.keys), f"{u.model.label} Q={u.q} shard {u.shard} ({result.seconds:.1f}s)")
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
+        result: ShardResult
+        # closing: a failed store write cancels the units still in flight at once
+        with closing(run_units(evaluate_shard, units, task_args, num_cpus=1, num_gpus=gpus, max_retries=2)) as done:
+            for u, result in done:
+                for view in u.views:
+                    store.write(u.model.model_id, u.q, view, u.shard, result.keys, result.labels, result.probs[view])
+                progress.update(len(result.keys), f"{u.model.label} Q={u.q} shard {u.shard} ({result.seconds:.1f}s)")
+    except UnitError as e:
+        damaged = error_line(e)
+        if damaged is not None:  # its line names the shard and what to do
+            raise ShardError(damaged) from None
+        u, cause = e.unit, e.cause
+        raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
+                         f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
 
 
 def write_report(report: Report, out: str, endpoint: str | None, local: Path) -> tuple[str, list[str]]:

@@ -38,9 +38,9 @@ import ray
 from ray.data import DataIterator, Dataset, FileShuffleConfig
 from ray.train import DataConfig
 
+from pipeline.shards import COLUMNS
 from pipeline.verify import ShardDatasource, ShardError, error_line
 
-COLUMNS = ["key", "label", "height", "width", "image"]
 TRAIN, VAL = "train", "val"
 
 

@@ -38,7 +38,7 @@ import torch
 from numpy.typing import ArrayLike
 from PIL import Image
 
-from pipeline.decode import (
+from pipeline.jpeg import (
     Encoded,
     as_buffer,
     check_params,

@@ -32,7 +32,7 @@ from nvidia.dali import fn, types
 from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
-from pipeline.decode import (
+from pipeline.jpeg import (
     DecodeError,
     Encoded,
     as_buffer,

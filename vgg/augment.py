@@ -45,7 +45,12 @@ class Box:
 
 
 def rescaled_size(height: int, width: int, shorter: int) -> tuple[int, int]:
-    """(h, w) after an isotropic rescale that makes the shorter side ``shorter``; the longer side is rounded."""
+    """(h, w) after an isotropic rescale that makes the shorter side ``shorter``; the longer side is rounded.
+
+    The one definition of a rescaled size: training's S, evaluation's Q and ``pipeline.prepare``'s resize. The longer
+    side is the quotient of exact integers rounded half to even, never below ``shorter`` for positive sizes (so the
+    ``max`` changes no result: tests/vgg/test_augment.py checks it on edge cases).
+    """
     if height <= width:
         return shorter, max(shorter, int(round(width * shorter / height)))
     return max(shorter, int(round(height * shorter / width))), shorter

@@ -270,8 +270,9 @@ def test_backend_and_device_selection(monkeypatch):
 
 
 def test_modules_without_dali_do_not_import_it():
-    # pipeline.decode and the CPU backend must import on machines without DALI: no top-level nvidia import.
-    for name in ("decode.py", "decode_cpu.py"):
+    # pipeline.decode, the CPU backend and their shared helpers must import on machines without DALI: no top-level
+    # nvidia import.
+    for name in ("decode.py", "decode_cpu.py", "jpeg.py"):
         tree = ast.parse((ROOT / "pipeline" / name).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]

@@ -12,7 +12,7 @@ from cli_refusal import refused
 from PIL import Image
 
 from pipeline.digits import ASPECT, SHORT_SIDE, WNIDS, render_digits, split_indices
-from pipeline.prepare import parse_loc_solution
+from pipeline.imagenet import parse_loc_solution
 
 
 def test_split_is_fixed_stratified_and_disjoint():

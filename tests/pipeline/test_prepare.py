@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -20,36 +19,18 @@ import pyarrow.parquet as pq
 import pytest
 from cli_refusal import refused
 from imagenet_fixture import make_tiny_imagenet
-from PIL import Image, ImageFile
+from PIL import Image
+from source_images import declaring, png16
 
 from pipeline import storage
+from pipeline.convert import decode_rgb, sample_pixels
+from pipeline.imagenet import scan_source
 from pipeline.manifest import FORMAT, ManifestError, load_manifest
-from pipeline.prepare import (
-    COMMIT_DELAY_ENV,
-    PrepareConfig,
-    PrepareError,
-    SkipFile,
-    SourceFile,
-    convert_image,
-    decode_rgb,
-    parse_args,
-    parse_ground_truth,
-    parse_loc_solution,
-    parse_synsets,
-    plan_shards,
-    prepare,
-    sample_pixels,
-    scan_source,
-)
+from pipeline.prepare import PrepareConfig, _run_shards, parse_args, plan_splits, prepare, shard_spec
+from pipeline.shards import COMMIT_DELAY_ENV, ShardPlan, SourceFile
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "wJalrXUtnFEMI-very-secret-value"
-
-
-def _jpeg(rgb: np.ndarray, mode: str = "RGB", quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(rgb).convert(mode).save(out, format="JPEG", quality=quality)
-    return out.getvalue()
 
 
 def _rows(manifest, split: str) -> dict[str, dict]:
@@ -77,177 +58,6 @@ def _cli(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 
 
 # --- pure functions: no Ray ------------------------------------------------------------------------------------------
-
-
-def test_ordinary_rgb_jpeg_is_kept_byte_for_byte():
-    data = _jpeg(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8))
-    out = convert_image(data)
-    assert out.image is data and (out.height, out.width, out.action) == (50, 70, "unchanged")
-
-
-def test_quirks_become_correct_rgb_jpegs(tiny_imagenet):
-    for kind, rel in tiny_imagenet.quirks.items():
-        src = (tiny_imagenet.root / rel).read_bytes()
-        out = convert_image(src)
-        assert out.action == "converted"
-        with Image.open(io.BytesIO(out.image)) as img:
-            assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (out.width, out.height))
-        got = decode_rgb(out.image).astype(int)
-        with Image.open(io.BytesIO(src)) as img:
-            assert img.format == {"cmyk": "JPEG", "grayscale": "JPEG", "png": "PNG"}[kind]
-            want = np.asarray(img.convert("RGB")).astype(int)
-        # Only a q95 re-encode between them: small noise, no colour shift (an inverted CMYK would be off by ~100s).
-        assert np.abs(got - want).mean() < 3.5, kind
-        assert np.abs(got.mean(axis=(0, 1)) - want.mean(axis=(0, 1))).max() < 1.0, kind
-        if kind == "grayscale":
-            assert np.abs(got[..., 0] - got[..., 1]).max() <= 1 and np.abs(got[..., 0] - got[..., 2]).max() <= 1
-
-
-def test_bad_files_are_skipped_with_a_reason(tiny_imagenet):
-    for rel, word in tiny_imagenet.bad.items():
-        with pytest.raises(SkipFile, match=word):
-            convert_image((tiny_imagenet.root / rel).read_bytes())
-
-
-def test_max_shorter_side_resizes_only_larger_images():
-    big = _jpeg(np.random.default_rng(1).integers(0, 255, (600, 900, 3), dtype=np.uint8))
-    out = convert_image(big, max_shorter_side=256)
-    assert (out.height, out.width, out.action) == (256, 384, "resized")
-    small = _jpeg(np.zeros((200, 300, 3), np.uint8))
-    assert convert_image(small, max_shorter_side=256).image is small
-    tall_png = io.BytesIO()
-    Image.fromarray(np.zeros((1000, 400, 3), np.uint8)).save(tall_png, format="PNG")
-    out = convert_image(tall_png.getvalue(), max_shorter_side=100)
-    assert (out.height, out.width, out.action) == (250, 100, "resized")
-
-
-def _png16(grey: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(grey.astype(np.uint16)).save(out, format="PNG")
-    return out.getvalue()
-
-
-def _declaring(width: int, height: int) -> bytes:
-    """A valid 64x64 JPEG of 4 KB whose SOF0 header is patched to declare width x height."""
-    data = bytearray(_jpeg(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
-    sof = data.index(b"\xff\xc0")  # marker, length (2), precision (1), then height and width, big-endian
-    struct.pack_into(">HH", data, sof + 5, height, width)
-    return bytes(data)
-
-
-def _exif_rotated_jpeg(mode: str = "RGB") -> bytes:
-    """A 40x60 (h x w) JPEG, left half dark, whose EXIF orientation 6 says "turn 90 degrees clockwise to display"."""
-    rgb = np.full((40, 60, 3), 220, np.uint8)
-    rgb[:, :30] = 20
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    out = io.BytesIO()
-    Image.fromarray(rgb).convert(mode).save(out, format="JPEG", quality=95, exif=exif)
-    return out.getvalue()
-
-
-def test_16_bit_grey_is_scaled_to_8_bits_not_clipped():
-    flat = convert_image(_png16(np.full((20, 30), 32640)))
-    assert flat.action == "converted"
-    assert abs(decode_rgb(flat.image).mean() - 32640 * 255 / 65535) < 1.0  # 127, where clipping gave 255
-    ramp = np.tile(np.linspace(0, 65535, 256), (16, 1))
-    got = decode_rgb(convert_image(_png16(ramp)).image).astype(float)
-    assert np.abs(got - (ramp * 255 / 65535)[..., None]).mean() < 1.5  # every level, not just the mean
-
-
-def test_a_declared_size_over_the_limit_is_skipped_without_decoding(monkeypatch):
-    decodes = []
-    load = ImageFile.ImageFile.load
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda img: decodes.append(img.size) or load(img))
-    data = _declaring(12000, 12000)
-    assert len(data) < 5000
-    with pytest.raises(SkipFile, match=r"declared size 12000x12000 \(144.0 megapixels\) is over --max-megapixels 64"):
-        convert_image(data)
-    assert decodes == []
-    with pytest.raises(SkipFile, match="over --max-megapixels 100"):
-        convert_image(data, max_megapixels=100)
-    assert decodes == []
-    ok = _jpeg(np.zeros((300, 200, 3), np.uint8))
-    assert convert_image(ok, max_megapixels=0.06).image is ok  # 0.06 MP = 300x200: at the limit, kept
-    with pytest.raises(SkipFile, match="declared size 200x300"):
-        convert_image(ok, max_megapixels=0.05)
-
-
-def test_exif_orientation_is_ignored_pixels_stay_as_stored():
-    # The decision pinned: like PIL and torchvision's ImageFolder, which ImageNet results are measured with.
-    data = _exif_rotated_jpeg()
-    kept = convert_image(data)
-    assert kept.image is data and (kept.action, kept.height, kept.width) == ("unchanged", 40, 60)
-    grey = convert_image(_exif_rotated_jpeg("L"))  # re-encoded: stored unrotated, and without the tag
-    assert (grey.action, grey.height, grey.width) == ("converted", 40, 60)
-    for out in (kept, grey):
-        pixels = decode_rgb(out.image).astype(int)
-        assert pixels.shape == (40, 60, 3)
-        assert pixels[:, :30].mean() < 60 and pixels[:, 30:].mean() > 180  # dark half still on the left
-    with Image.open(io.BytesIO(grey.image)) as img:
-        assert 0x0112 not in img.getexif()
-
-
-def test_symlinks_that_lead_nowhere_are_listed_as_skipped(tmp_path):
-    tiny = make_tiny_imagenet(tmp_path / "src", per_class=1, val_per_class=1, quirks=False)
-    w0, w1 = tiny.wnids[:2]
-    good = next((tiny.root / "train" / w0).iterdir())
-    (tiny.root / "train" / w0 / "a_good_link.JPEG").symlink_to(good)
-    (tiny.root / "train" / w0 / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
-    (tiny.root / "train" / w1 / "loop.JPEG").symlink_to("loop.JPEG")
-    (tiny.root / "val" / w1 / "other_loop.JPEG").symlink_to("other_loop.JPEG")
-    (tiny.root / "train" / w1 / "linked").symlink_to(tiny.root / "train" / w1)  # a directory loop: each once
-    listing = scan_source(PrepareConfig(src=str(tiny.root), dst="unused"), str(tiny.root))
-    reasons = {s["path"]: s["reason"] for s in listing.skipped}
-    gone = tmp_path / "gone.JPEG"
-    assert reasons[f"train/{w0}/dangling.JPEG"] == f"dangling symlink (its target {gone} does not exist)"
-    assert reasons[f"train/{w1}/loop.JPEG"].startswith("symlink loop")
-    assert reasons[f"val/{w1}/other_loop.JPEG"].startswith("symlink loop")
-    assert sum("symlink" in r for r in reasons.values()) == 3
-    listed = {f.path for split in listing.files.values() for f in split}
-    assert f"train/{w0}/a_good_link.JPEG" in listed and not listed & set(reasons)
-
-
-def test_plan_is_deterministic_complete_and_bounded():
-    files = [
-        SourceFile(f"train/n{c:08d}/img{i}", f"train/n{c:08d}/img{i}.JPEG", 1000 + 37 * i, c, f"n{c:08d}")
-        for c in range(5)
-        for i in range(40)
-    ]
-    plans = plan_shards(files, "train", target_bytes=20_000, max_rows=None, stats_images=50)
-    again = plan_shards(list(reversed(files)), "train", target_bytes=20_000, max_rows=None, stats_images=50)
-    assert plans == again  # independent of listing order
-    keys = [f.key for p in plans for f in p.files]
-    assert sorted(keys) == sorted(f.key for f in files)  # every file exactly once
-    assert all(sum(f.size for f in p.files) <= 20_000 for p in plans)
-    assert [p.name for p in plans][:2] == [
-        f"train/train-00000-of-{len(plans):05d}.parquet",
-        f"train/train-00001-of-{len(plans):05d}.parquet",
-    ]
-    assert sum(f.stats for p in plans for f in p.files) == 50
-    assert all(len({f.label for f in p.files}) >= 3 for p in plans)  # a hashed order mixes the classes
-    capped = plan_shards(files, "train", target_bytes=10**9, max_rows=7)
-    assert [len(p.files) for p in capped] == [7] * 28 + [4]
-
-
-def test_val_label_parsers():
-    loc = (
-        "ImageId,PredictionString\n"
-        "ILSVRC2012_val_00000002,n02 1 2 3 4 n02 5 6 7 8\n"
-        "ILSVRC2012_val_00000001,n01 1 2 3 4\n"
-    )
-    assert parse_loc_solution(loc, "x.csv") == {"ILSVRC2012_val_00000001": "n01", "ILSVRC2012_val_00000002": "n02"}
-    synsets = parse_synsets(b"n09 nine\nn01 one, first\n", "ids.txt")
-    assert synsets == ["n09", "n01"]
-    assert parse_ground_truth("2\n1\n2\n", synsets, "gt.txt") == {
-        "ILSVRC2012_val_00000001": "n01",
-        "ILSVRC2012_val_00000002": "n09",
-        "ILSVRC2012_val_00000003": "n01",
-    }
-    with pytest.raises(PrepareError, match=r"gt.txt line 2: '3' is not an ILSVRC2012_ID in 1..2"):
-        parse_ground_truth("1\n3\n", synsets, "gt.txt")
-    with pytest.raises(PrepareError, match="ImageId,PredictionString"):
-        parse_loc_solution("id,label\n", "x.csv")
 
 
 def test_flags_are_generated_from_the_config():
@@ -312,8 +122,7 @@ def test_prepared_manifest_and_shards(prepared_shards, tiny_imagenet):
 def test_colour_stats_match_numpy_on_the_same_sample(prepared_shards, tiny_imagenet):
     m = load_manifest(prepared_shards)
     cfg = PrepareConfig(src=str(tiny_imagenet.root), dst="unused")
-    listing = scan_source(cfg, str(tiny_imagenet.root))
-    plans = plan_shards(listing.files["train"], "train", cfg.target_shard_bytes, None, cfg.stats_images)
+    plans = [p for p in plan_splits(cfg, scan_source(str(tiny_imagenet.root))) if p.split == "train"]
     stored = _rows(m, "train")
     sampled = [f.key for p in plans for f in p.files if f.stats and f.key in stored]
     pixels = np.concatenate(
@@ -357,8 +166,8 @@ def test_image_cases_end_to_end_are_stored_scaled_or_skipped_and_counted(ray_loc
     tiny = make_tiny_imagenet(tmp_path / "src", per_class=2, val_per_class=1, quirks=False)
     w0 = tiny.wnids[0]
     cases = tiny.root / "train" / w0
-    (cases / "grey16.JPEG").write_bytes(_png16(np.full((48, 64), 32640)))
-    (cases / "huge.JPEG").write_bytes(_declaring(12000, 12000))
+    (cases / "grey16.JPEG").write_bytes(png16(np.full((48, 64), 32640)))
+    (cases / "huge.JPEG").write_bytes(declaring(12000, 12000))
     (cases / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
     (cases / "loop.JPEG").symlink_to("loop.JPEG")
     m = prepare(PrepareConfig(src=str(tiny.root), dst=str(tmp_path / "dst"), stats_images=4))
@@ -432,21 +241,10 @@ def test_local_to_s3_matches_local_and_reruns_in_place(prepared_shards, tiny_ima
 
 @pytest.mark.ray
 def test_a_storage_failure_inside_a_shard_task_surfaces_as_one_line(ray_local, tmp_path):
-    from pipeline.prepare import _run_shards
-
-    spec = {
-        "name": "train/train-00000-of-00001.parquet",
-        "fingerprint": "0" * 64,
-        "files": [["train/n01/x", "train/n01/x.JPEG", 10, 0, "n01", False]],
-        "src": str(tmp_path / "vanished"),
-        "dst": str(tmp_path / "dst"),
-        "endpoint": None,
-        "region": None,
-        "read_threads": 1,
-        "row_group_bytes": 1 << 20,
-        **PrepareConfig(src="a", dst="b").content_options,
-    }
-    with pytest.raises(storage.StorageError) as info:
+    plan = ShardPlan("train", 0, 1, (SourceFile("train/n01/x", "train/n01/x.JPEG", 10, 0, "n01"),))
+    cfg = PrepareConfig(src="a", dst="b", read_threads=1)
+    spec = shard_spec(cfg, plan, "0" * 64, str(tmp_path / "vanished"), str(tmp_path / "dst"))
+    with pytest.raises(storage.StorageError) as info:  # the task's own exception, its one line, not Ray's wrapper
         list(_run_shards([spec], memory_per_task=1 << 26))
     assert str(info.value) == f"not found: {tmp_path / 'vanished' / 'train/n01/x.JPEG'}"
 

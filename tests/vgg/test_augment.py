@@ -114,3 +114,33 @@ def test_eval_reference_keeps_the_whole_image():
     # Mean of the resized image tracks the mean of the original (antialiased bilinear preserves it closely).
     orig = (image.reshape(-1, 3).mean(0) - MEAN) / 2
     np.testing.assert_allclose(out.mean((1, 2)).numpy(), orig, atol=1.0)
+
+
+def _former_prepare_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """pipeline.prepare's own copy of the rescaled size, (w, h), before it used ``rescaled_size`` (the record)."""
+    scale = shorter / min(width, height)
+    if width <= height:
+        return shorter, max(1, round(height * scale))
+    return max(1, round(width * scale)), shorter
+
+
+@pytest.mark.parametrize("s", [256, 512])
+def test_rescaled_size_gives_prepares_former_sizes_at_256_and_512(s):
+    # Prepare resizes only images whose shorter side is over S: squares, one pixel over, extreme aspect ratios both
+    # ways, camera sizes, and every (shorter, longer) pair in a block past S, in both orientations.
+    sizes = [(s + 1, s + 1), (s + 1, s + 2), (s + 1, 100 * s), (s + 7, 64_000), (3000, 4000), (3456, 5184)]
+    sizes += [(m, n) for m in range(s + 1, s + 150) for n in range(m, m + 400, 3)]
+    for short, long in sizes:
+        for h, w in ((short, long), (long, short)):
+            assert A.rescaled_size(h, w, s) == _former_prepare_size(w, h, s)[::-1], (h, w)
+
+
+def test_rescaled_size_clamp_never_binds_and_exact_halves_round_to_even():
+    for h, w, s in [(1, 10_000, 1), (10_000, 1, 1), (2, 3, 1), (3, 2, 1), (99_999, 100_000, 3)]:
+        out = A.rescaled_size(h, w, s)
+        assert min(out) == s and max(out) == round(max(h, w) * s / min(h, w))  # no clamp at 1 nor at s needed
+        assert _former_prepare_size(w, h, s)[::-1] == out
+    # An exact half: 715 * 480 / 704 = 487.5 rounds to even. Prepare's former product of a rounded scale gave 487;
+    # such ties (none at S = 256 or 512, above) are the only sizes prepare now stores differently.
+    assert A.rescaled_size(715, 704, 480) == (488, 480)
+    assert _former_prepare_size(704, 715, 480) == (480, 487)
