@@ -155,7 +155,7 @@ def _inspect(uri: str, shard: Shard, endpoint: str | None, region: str | None) -
     fs, path, f = _open(uri, endpoint, region)
     with f:
         size = f.size()
-        etag = f.metadata().get(b"ETag") if storage.is_s3(uri) else None
+        etag = f.metadata().get("ETag")  # keys are str, values bytes if storage.is_s3(uri) else None
         try:
             rows = pq.read_metadata(f).num_rows
         except (OSError, pa.ArrowException) as exc:

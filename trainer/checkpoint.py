@@ -109,6 +109,17 @@ def find_latest(storage_uri: str, name: str) -> tuple[str, TrainState] | None:
     return latest_in(run_dir(storage_uri, name))
 
 
+def fetch_checkpoint(uri: str, dst: str | os.PathLike) -> Path:
+    """A local directory with every file of a checkpoint: a local one in place, one on S3 copied into ``dst``."""
+    if storage.is_local(uri):
+        return Path(uri.removeprefix("file://"))
+    dst = Path(dst)
+    for rel, _ in storage.walk(uri):
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_bytes(storage.read_bytes(storage.join(uri, rel)))
+    return dst
+
+
 def latest_in(root: str) -> tuple[str, TrainState] | None:
     """The checkpoint with the most optimiser steps under a run directory, and its state; None when there is none."""
     try:

@@ -167,7 +167,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     restored = ckpt.latest_in(info.run_dir)
     if restored is not None:
         with tempfile.TemporaryDirectory(prefix="verydeep-resume-") as tmp:
-            directory = ckpt.fetch(restored[0], tmp)
+            directory = ckpt.fetch_checkpoint(restored[0], tmp)
             state = ckpt.read_state(directory)
             model.load_state_dict(ckpt.read_weights(directory))
             saved = ckpt.read_optimizer(directory)

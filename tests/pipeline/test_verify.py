@@ -106,3 +106,12 @@ def test_a_rerun_of_prepare_rewrites_a_damaged_shard(tiny_imagenet, ray_local, t
     assert "val-00000-of-00001.parquet: 8 rows" in out and "(1 written, " in out, out
     assert Path(uri).read_bytes() == clean and load_manifest(str(dst)) == m
     assert read_table(uri).num_rows == 8
+
+
+def test_an_s3_shards_version_is_its_etag(prepared_shards, s3_server):
+    # The sweep keys its stored posteriors by each shard's version: on S3 it must be the ETag (the content's MD5),
+    # not the modification time, which S3 keeps to the second and so misses a rewrite within the same second.
+    manifest = copy_dataset(prepared_shards, storage.join(s3_server.create_bucket(), "data"))
+    facts = inspect_shards(load_manifest(manifest), ["val"])[0]
+    bucket, key = facts.uri.removeprefix("s3://").split("/", 1)
+    assert facts.version == s3_server.client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
