@@ -12,15 +12,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_quick(script: str, tmp_path: Path, out: Path) -> subprocess.CompletedProcess:
+    """``benchmarks/<script> --quick`` with its JPEGs and JSON under ``tmp_path``; asserts it exited 0."""
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick",
+                          "--workdir", str(tmp_path / "jpegs"), "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.s3
 def test_benchmark_quick_runs(tmp_path):
     out = tmp_path / "e2e.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_e2e.py"), "--quick",
-                          "--workdir", str(tmp_path / "jpegs"), "--json", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_quick("pipeline_e2e.py", tmp_path, out)
     result = json.loads(out.read_text())
     images = result["setup"]["images"]
     assert result["command"].endswith(f"--json {out}") and "--quick" in result["command"]
@@ -40,10 +46,7 @@ def test_benchmark_quick_runs(tmp_path):
 @pytest.mark.s3
 def test_verify_cost_quick_runs(tmp_path):
     out = tmp_path / "verify.json"
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "verify_cost.py"), "--quick",
-                          "--workdir", str(tmp_path / "jpegs"), "--json", str(out)],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_quick("verify_cost.py", tmp_path, out)
     result = json.loads(out.read_text())
     images = result["setup"]["images"]
     # Every reader delivered every image of each epoch; the verified and unverified sides read the same data.
