@@ -75,7 +75,8 @@ def card_for(cfg: TrainConfig, info: JobInfo, extra: dict[str, Any]) -> ModelCar
     """The model card stored in every checkpoint (what the evaluation sweep needs to rebuild and feed the net)."""
     m, s = cfg.model, cfg.data.train_scale
     return ModelCard(arch=m.arch, num_classes=len(info.wnids), crop=m.crop, smin=s.smin, smax=s.smax,
-                     mean=info.mean, width=m.width, fc_width=m.fc_width, classes=info.wnids, info=extra)
+                     mean=info.mean, width=m.width, fc_width=m.fc_width, classes=info.wnids, flip=cfg.data.flip,
+                     info=extra)
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:

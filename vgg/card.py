@@ -5,7 +5,7 @@ A model directory holds two files, written by the trainer into every checkpoint 
 
     model.pt    the state dict (torchvision-compatible names, see ``vgg.model``), CPU tensors
     card.json   this card: how to rebuild the net and feed it (arch, widths, crop, training scale S, normalisation,
-                class list)
+                class list, whether training flipped images)
 
 Only local directories here; ``pipeline.storage`` moves them to and from object storage.
 """
@@ -47,6 +47,7 @@ class ModelCard:
     fc_width: int = FC_WIDTH
     std: tuple[float, float, float] | None = None
     classes: tuple[str, ...] = ()  # class names (wnids) in label order; empty when unknown
+    flip: bool = True  # trained with random horizontal flips (the paper's); evaluation averages flips only then
     info: dict[str, Any] = field(default_factory=dict)  # provenance: run, epoch, step, val metrics
 
     @property
@@ -81,7 +82,7 @@ class ModelCard:
             smax=int(card.smax), mean=tuple(float(v) for v in card.mean),  # type: ignore[arg-type]
             width=float(card.width), fc_width=int(card.fc_width),
             std=None if card.std is None else tuple(float(v) for v in card.std),  # type: ignore[arg-type]
-            classes=tuple(str(c) for c in card.classes), info=dict(card.info),
+            classes=tuple(str(c) for c in card.classes), flip=bool(card.flip), info=dict(card.info),
         )
 
 
