@@ -9,6 +9,9 @@ gradient accumulation, effective LR, warm-up, validation Q) are properties, neve
 The training scale S is one field, a range: ``--scale 256`` (fixed) or ``--scale 256,512`` (jittered). Before, it
 was two fields (``scale``, ``scale_jitter``); configs stored in checkpoints, recipes and the ``--scale-jitter SMIN
 SMAX`` flag that use them still read.
+
+Longer than the house's 450 lines as one cohesive thing: the schema, its layering (defaults, recipe, preset, flags)
+and its command line change together whenever a field is added.
 """
 
 from __future__ import annotations
