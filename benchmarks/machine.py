@@ -18,6 +18,17 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
 
 
+# Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets, by device-name fragment;
+# the first fragment found in the name wins, so the more specific ones come first.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
+                    "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """The datasheet's dense bf16 peak of a GPU by its name (``torch.cuda.get_device_name``); None when unknown."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+
+
 def write_results(path: Path, result: dict) -> None:
     """Write a benchmark's results as indented JSON (making the folder) and say where."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 import imagenet_like as I  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
-from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
+from machine import cpu_model, peak_bf16_tflops, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 from pipeline.decode import make_train_decoder  # noqa: E402
 from trainer.config import compose  # noqa: E402
@@ -67,11 +67,6 @@ from vgg import augment as A  # noqa: E402
 from vgg.model import build, multiply_adds  # noqa: E402
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
-
-# Dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets, by device-name fragment.
-PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
-                    "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0}
-
 
 # ---- part 1: the smoke job --------------------------------------------------------------------------------------
 
@@ -214,8 +209,7 @@ def run_feed(model: torch.nn.Module, feed: Iterator, s: dict, worker: Worker) ->
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
     if given is not None or device.type != "cuda":
         return given
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_bf16_tflops(torch.cuda.get_device_name(device))
 
 
 def step_part(s: dict, device: torch.device, workers: int, given_peak: float | None) -> dict:
