@@ -199,6 +199,10 @@ def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.
         storage.check_access(cfg.run.storage, create=True)
     except (ManifestError, storage.StorageError) as e:
         raise JobError(str(e)) from None
+    target = manifest.options.get("target")
+    if isinstance(target, dict) and target.get("multilabel"):
+        raise JobError(f"{cfg.data.data} is a multi-label target ({target.get('layout')}): training fits one label "
+                       "per image; its transfer protocol is python -m evaluation.transfer")
     if cfg.data.num_classes is not None and cfg.data.num_classes != manifest.num_classes:
         raise JobError(f"--num-classes {cfg.data.num_classes} but the manifest has {manifest.num_classes} classes")
     tracking = tracking_uri(cfg)

@@ -254,6 +254,25 @@ def init_from_a(model: VGG, net_a: VGG) -> VGG:
     return model
 
 
+@torch.no_grad()
+def init_all_but_last(model: VGG, source: VGG) -> VGG:
+    """Fine-tuning's start: every weight of ``source`` except FC8, which keeps ``model``'s own (random) init.
+
+    For a target with another class count; every other layer must have the same shape in both nets.
+    """
+    fc8 = "classifier.6."
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(fc8)}
+    copied = {k: v for k, v in source.state_dict().items() if not k.startswith(fc8)}
+    missing = [k for k in own if k not in copied or tuple(copied[k].shape) != tuple(own[k].shape)]
+    if missing or len(copied) != len(own):
+        k = (missing or sorted(set(copied) - set(own)))[0]
+        raise ValueError(f"cannot initialise {model.describe()} from {source.describe()}: {k} does not fit (every "
+                         "layer but FC8 must match: arch, width, FC width and crop)")
+    for k, v in copied.items():
+        own[k].copy_(v)
+    return model
+
+
 INITS = ("paper", "glorot", "none")
 
 
