@@ -90,3 +90,20 @@ def test_fine_tuning_job_records_the_fresh_fc8_and_keeps_frozen_convs(prepared_s
     run = mlflow.MlflowClient(tracking).get_run(state.mlflow_run_id)
     assert "FC8 re-initialised for 4 classes (the source has 10)" in run.data.tags["verydeep.init"]
     assert run.data.params["model.freeze_convs"] == "True"
+
+
+def test_a_source_of_other_classes_gets_a_fresh_fc8_even_at_the_same_count(tmp_path):
+    torch.manual_seed(5)
+    net = build("A", 5, init="glorot", **THIN)
+    card = ModelCard(arch="A", num_classes=5, crop=32, smin=32, smax=32, mean=(0.0, 0.0, 0.0), width=0.125,
+                     fc_width=16, classes=("d0", "d1", "d2", "d3", "d4"))
+    directory = save_model(tmp_path / "a-5", net, card)
+    cfg = compose(explicit={"data": "manifest.json", "arch": "A", "width": 0.125, "fc_width": 16, "crop": 32,
+                            "init": "glorot", "init_from": str(directory)})
+    other = make_model(cfg, 5)
+    done = init_from(other, cfg, None, ("d5", "d6", "d7", "d8", "d9"))
+    assert "FC8 re-initialised for 5 classes (the source has 5 other classes)" in done
+    assert not torch.equal(other.classifier[6].weight, net.classifier[6].weight)
+    same = make_model(cfg, 5)
+    assert init_from(same, cfg, None, card.classes).startswith("all weights from")  # the ladder's case: all of it
+    torch.testing.assert_close(same.classifier[6].weight, net.classifier[6].weight, rtol=0, atol=0)
