@@ -8,7 +8,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-cluster test env clean
+.PHONY: demo demo-cluster demo-transfer test env clean
 
 env: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 # The same job as a cluster user runs it, on one machine: loopback S3, a Ray head, an MLflow server, ray job submit.
 demo-cluster: $(STAMP)
 	$(PY) -m demo --cluster
+
+# Appendix B in small: a net trained on digits 0-4, its features used on digits 5-9 (linear SVMs, fine-tuning).
+demo-transfer: $(STAMP)
+	$(PY) -m demo.transfer
 
 test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,11 +58,17 @@ def bounded_http() -> Iterator[None]:
 def log_sweep(report: Report, params: Mapping[str, str], report_dir: Path, *, tracking_uri: str | None,
               experiment: str, run_name: str | None, data: str) -> str | None:
     """Log the report; returns the parent run's id, or None (with a warning) when MLflow cannot be reached."""
+    return log_or_warn(lambda: _log(report, params, report_dir, tracking_uri, experiment, run_name, data),
+                       report_dir, tracking_uri)
+
+
+def log_or_warn(log: Callable[[], str], report_dir: Path, tracking_uri: str | None) -> str | None:
+    """Run ``log`` (it returns the parent run's id) with bounded retries; on any failure one warning and None."""
     why = unreachable(tracking_uri)
     try:
         if why is None:
             with bounded_http():
-                return _log(report, params, report_dir, tracking_uri, experiment, run_name, data)
+                return log()
     except Exception as e:  # any tracking failure: the results are already written, say so and go on
         why = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
     print(f"WARNING: MLflow logging failed ({why}); the results are in {report_dir}", file=sys.stderr, flush=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class Listing:
     val_layout: str
     val_labels: str | None  # the labels file of a flat val/ (relative to the source root when found there)
     val_synsets: str | None  # the synset mapping that file needed, if any
+    target: dict[str, Any] = field(default_factory=dict)  # a transfer target's record (pipeline.targets)
 
 
 def _read_text(uri: str, endpoint: str | None, region: str | None) -> str:

@@ -2,6 +2,7 @@
 
     python -m pipeline.prepare --src /data/imagenet --dst s3://bucket/imagenet-shards
     python -m pipeline.prepare --src s3://raw/imagenet --dst s3://bucket/shards-512 --max-shorter-side 512
+    python -m pipeline.prepare --layout caltech101 --src ... --dst ...   transfer targets (pipeline/targets.py)
 
 Source layout (local directory or ``s3://`` prefix)::
 
@@ -66,7 +67,6 @@ from pipeline.imagenet import Listing, PrepareError, scan_source
 from pipeline.manifest import MANIFEST_NAME, Manifest, ManifestError, Shard, Split, Stats, load_manifest
 from pipeline.shards import (
     MiB,
-    SPLITS,
     ShardPlan,
     ShardSpec,
     build_shard,
@@ -75,6 +75,7 @@ from pipeline.shards import (
     stray_shards,
 )
 from pipeline.storage import StorageError
+from pipeline.targets import TargetOptions, parse_target, scan_target
 from pipeline.units import UnitError, run_units
 
 
@@ -242,7 +243,7 @@ def plan_splits(cfg: PrepareConfig, listing: Listing) -> list[ShardPlan]:
     """Every split's shards, train first; the colour-statistics sample is drawn from train only."""
     return [
         p
-        for split in SPLITS
+        for split in listing.files  # ImageNet's SPLITS; a transfer target's own (pipeline.targets)
         if listing.files[split]
         for p in plan_shards(
             listing.files[split],
@@ -257,13 +258,14 @@ def plan_splits(cfg: PrepareConfig, listing: Listing) -> list[ShardPlan]:
 def recorded_options(cfg: PrepareConfig, src: str, listing: Listing, fingerprints: dict[str, str]) -> dict:
     """The manifest's options: those that shape the output, how val was labelled, and a digest of the whole plan."""
     plan_doc = {"classes": listing.classes, "shards": fingerprints, "skipped": listing.skipped}
-    return {name: getattr(cfg, name) for name in _RECORDED_OPTIONS} | {
+    target = {"target": listing.target} if listing.target else {}
+    return {name: getattr(cfg, name) for name in _RECORDED_OPTIONS} | target | {
         "src": src,
         "val_layout": listing.val_layout,
         "val_labels": listing.val_labels,
         "val_synsets": listing.val_synsets,
         "converter_version": CONVERTER_VERSION,
-        "plan_sha256": hashlib.sha256(json.dumps(plan_doc, sort_keys=True).encode()).hexdigest(),
+        "plan_sha256": hashlib.sha256(json.dumps(plan_doc | target, sort_keys=True).encode()).hexdigest(),
     }
 
 
@@ -328,7 +330,7 @@ def assemble_manifest(
 ) -> Manifest:
     """The manifest of the finished shards: splits in plan order, colour statistics from the shards' exact sums."""
     splits = {}
-    for split in SPLITS:
+    for split in listing.files:
         shards = [results[p.name] for p in plans if p.split == split]
         if shards:
             entries = tuple(Shard(r["name"], r["rows"], r["bytes"], r["sha256"]) for r in shards)
@@ -358,7 +360,7 @@ def _report(manifest: Manifest, manifest_uri: str, plans: Sequence[ShardPlan], r
         print(f"skipped {s['path']}: {s['reason']}", flush=True)
     if len(skipped) > 20:
         print(f"... and {len(skipped) - 20} more skipped files (all listed in {manifest_uri})", flush=True)
-    stray = stray_shards(manifest.root, {p.name for p in plans}, cfg.s3_endpoint, cfg.s3_region)
+    stray = stray_shards(manifest.root, {p.name for p in plans}, cfg.s3_endpoint, cfg.s3_region, list(manifest.splits))
     if stray:
         print(
             f"note: {len(stray)} Parquet files under {manifest.root} are not in the manifest (an earlier plan), "
@@ -379,21 +381,27 @@ def _report(manifest: Manifest, manifest_uri: str, plans: Sequence[ShardPlan], r
     )
 
 
-def prepare(cfg: PrepareConfig) -> Manifest:
-    """Run the ingestion job end to end and return the manifest it wrote (or found already complete)."""
+def prepare(cfg: PrepareConfig, target: TargetOptions | None = None) -> Manifest:
+    """Run the ingestion job end to end and return the manifest it wrote (or found already complete); ``target``: a
+    transfer target's layout and split rule instead of ImageNet's layout (``pipeline.targets``)."""
     start = time.monotonic()
     ep, rg = cfg.s3_endpoint, cfg.s3_region
+    if target is not None and (cfg.val_labels or cfg.val_synsets):
+        raise PrepareError("--val-labels and --val-synsets belong to the imagenet layout")
     src, dst = check_locations(cfg)
-    listing = scan_source(src, val_labels=cfg.val_labels, val_synsets=cfg.val_synsets, endpoint=ep, region=rg)
+    if target is not None:
+        listing = scan_target(target, src, ep, rg)
+    else:
+        listing = scan_source(src, val_labels=cfg.val_labels, val_synsets=cfg.val_synsets, endpoint=ep, region=rg)
     plans = plan_splits(cfg, listing)
     fingerprints = {p.name: shard_fingerprint(p, cfg.content_options) for p in plans}
     options = recorded_options(cfg, src, listing, fingerprints)
     manifest_uri = storage.join(dst, MANIFEST_NAME)
     _retire_other_plan(manifest_uri, options["plan_sha256"], ep, rg)
     storage.remove_stale_temps(dst)
-    n_files = {s: len(listing.files[s]) for s in SPLITS}
+    n_files = {s: len(f) for s, f in listing.files.items()}
     print(
-        f"planned {len(plans)} shards: " + ", ".join(f"{s} {n_files[s]} files" for s in SPLITS if n_files[s]),
+        f"planned {len(plans)} shards: " + ", ".join(f"{s} {n} files" for s, n in n_files.items() if n),
         f"({len(listing.skipped)} left out by the listing); classes {len(listing.classes)}",
         flush=True,
     )
@@ -411,9 +419,10 @@ def prepare(cfg: PrepareConfig) -> Manifest:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the job; known failures print one ``error:`` line and return 2."""
+    target, argv = parse_target(sys.argv[1:] if argv is None else argv)  # --layout and a transfer target's flags
     cfg = parse_args(argv)
     try:
-        prepare(cfg)
+        prepare(cfg, target)
     except (StorageError, PrepareError, ManifestError, cluster.ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -45,6 +45,8 @@ SCHEMA = pa.schema(
 )
 # What training and evaluation read of a shard (wnid stays behind: the manifest maps labels to wnids).
 COLUMNS = ["key", "label", "height", "width", "image"]
+# Multi-label data (VOC) adds one column: a code per class, 1 present, 0 difficult only, -1 absent (pipeline.targets).
+TARGETS_FIELD = pa.field("targets", pa.list_(pa.int8()))
 # JPEG bytes do not compress: only the small columns get a codec. No min/max statistics on the image column.
 COMPRESSION = {"key": "zstd", "label": "zstd", "wnid": "zstd", "image": "none", "height": "zstd", "width": "zstd"}
 STATISTICS_COLUMNS = ["key", "label", "wnid", "height", "width"]
@@ -60,6 +62,12 @@ class SourceFile:
     label: int
     wnid: str
     stats: bool = False
+    targets: tuple[int, ...] | None = None  # multi-label data: a code per class (pipeline.targets)
+
+    def row(self) -> list:
+        """The file as its shard's fingerprint lists it; per-class codes only where there are some."""
+        row = [self.key, self.path, self.size, self.label, self.wnid, self.stats]
+        return row + [list(self.targets)] if self.targets is not None else row
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ def shard_fingerprint(plan: ShardPlan, content_options: dict[str, typing.Any]) -
         "converter": CONVERTER_VERSION,
         "options": content_options,
         "name": plan.name,
-        "files": [[f.key, f.path, f.size, f.label, f.wnid, f.stats] for f in plan.files],
+        "files": [f.row() for f in plan.files],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -189,6 +197,8 @@ def build_shard(spec: ShardSpec) -> dict:
             row = (f.key, f.label, f.wnid, result.image, result.height, result.width)
             for name, value in zip(SCHEMA.names, row, strict=True):
                 columns[name].append(value)
+            if f.targets is not None:
+                columns.setdefault(TARGETS_FIELD.name, []).append(list(f.targets))
             if f.stats:
                 px = sample_pixels(decode_rgb(result.image), f.key, spec.stats_pixels_per_image)
                 total += px.sum(axis=0)
@@ -201,7 +211,8 @@ def build_shard(spec: ShardSpec) -> dict:
         "stats": {"images": images, "pixels": pixels, "sum": total.tolist(), "outer": outer.tolist()},
         **actions,
     }
-    schema = SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(record, sort_keys=True).encode()})
+    schema = SCHEMA.append(TARGETS_FIELD) if TARGETS_FIELD.name in columns else SCHEMA
+    schema = schema.with_metadata({SHARD_METADATA_KEY: json.dumps(record, sort_keys=True).encode()})
     table = pa.Table.from_pydict(columns, schema=schema)
     image_bytes = sum(len(b) for b in columns["image"])
     rows_per_group = max(1, int(spec.row_group_bytes * table.num_rows / image_bytes)) if image_bytes else 1
@@ -230,10 +241,11 @@ def build_shard(spec: ShardSpec) -> dict:
     }
 
 
-def stray_shards(dst: str, planned: set[str], endpoint: str | None, region: str | None) -> list[str]:
+def stray_shards(dst: str, planned: set[str], endpoint: str | None, region: str | None,
+                 splits: Sequence[str] = SPLITS) -> list[str]:
     """Shard files under dst's split folders that the current plan does not name (left by a run with other options)."""
     stray = []
-    for split in SPLITS:
+    for split in splits:
         folder = storage.join(dst, split)
         if storage.exists(folder, endpoint, region):
             names = storage.listdir(folder, endpoint, region)

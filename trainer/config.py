@@ -93,6 +93,9 @@ class ModelConfig(Checked):
         "auto", "what init_from copies: transfer = net A's first four convs and FC layers into a deeper net (Sec. "
         "3.1); all = every weight (S=384 from S=256, jittered S from S=384); auto = all when the source has this "
         "arch, else transfer", choices=INIT_LAYERS)
+    freeze_convs: bool = option(
+        False, "train only the FC layers: the conv layers keep their init_from weights (the common fine-tuning "
+        "recipe; a source with another class count gets a fresh FC8 either way)")
 
     def check(self) -> None:
         _check(self.width > 0, "width", self.width, "a positive number")
@@ -103,6 +106,8 @@ class ModelConfig(Checked):
         _check(self.init_std > 0, "init_std", self.init_std, "a positive number")
         _check(self.init_from is None or self.init_from.strip() != "", "init_from", self.init_from,
                "a checkpoint URI, runs:/<run id> or a run id")
+        _check(not self.freeze_convs or self.init_from is not None, "freeze_convs", self.freeze_convs,
+               "used with init_from (random conv layers, frozen, would learn nothing)")
 
     def init_layers_for(self, source_arch: str) -> str:
         """``transfer`` or ``all``: what to copy from an ``init_from`` net of configuration ``source_arch``."""

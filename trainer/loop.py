@@ -11,6 +11,7 @@ import contextlib
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,10 @@ from trainer import checkpoint as ckpt
 from trainer import schedule
 from trainer.config import TrainConfig, from_dict
 from trainer.distributed import Worker, all_sum, current, spread
-from trainer.tracking import LATEST_TAG, Tracker
+from trainer.tracking import INIT_TAG, LATEST_TAG, Tracker
 from vgg.card import ModelCard
 from vgg.evaluate import dense_posteriors, stack_by_shape
-from vgg.model import VGG, build, init_from_a
+from vgg.model import VGG, build, init_all_but_last, init_from_a
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,20 @@ def make_model(cfg: TrainConfig, num_classes: int) -> VGG:
                  init=m.init, init_std=m.init_std)
 
 
-def init_from(model: VGG, cfg: TrainConfig, tracking_uri: str | None) -> str:
-    """Copy trained weights into ``model`` as ``init_layers`` says; returns what was done, for the log."""
+def init_from(model: VGG, cfg: TrainConfig, tracking_uri: str | None, classes: Sequence[str] = ()) -> str:
+    """Copy trained weights into ``model`` as ``init_layers`` says; returns what was done, for the log. ``classes``:
+    the data's class names, which decide with the class count whether the source's FC8 is kept."""
     card, weights = ckpt.load_source(cfg.model.init_from, tracking_uri)  # type: ignore[arg-type]
     how = cfg.model.init_layers_for(card.arch)
+    other = bool(card.classes and classes) and tuple(card.classes) != tuple(classes)
+    if how == "all" and (card.num_classes != model.num_classes or other):
+        # Fine-tuning on another dataset: every layer but the classifier's last, which starts afresh.
+        source = card.build()
+        source.load_state_dict(weights)
+        init_all_but_last(model, source)
+        theirs = f"{card.num_classes} other classes" if card.num_classes == model.num_classes else card.num_classes
+        return (f"all weights but FC8 from VGG-{card.arch} ({cfg.model.init_from}); FC8 re-initialised for "
+                f"{model.num_classes} classes (the source has {theirs})")
     if how == "all":
         model.load_state_dict(weights)
     else:
@@ -69,6 +80,13 @@ def init_from(model: VGG, cfg: TrainConfig, tracking_uri: str | None) -> str:
         source.load_state_dict(weights)
         init_from_a(model, source)
     return f"{how} weights from VGG-{card.arch} ({cfg.model.init_from})"
+
+
+def freeze_convs(model: VGG) -> None:
+    """The common transfer recipe: only the FC layers learn. Frozen weights get no gradient, so SGD (weight decay and
+    momentum included) leaves them exactly as loaded, and DDP does not synchronise them."""
+    for p in model.features.parameters():
+        p.requires_grad_(False)
 
 
 def card_for(cfg: TrainConfig, info: JobInfo, extra: dict[str, Any]) -> ModelCard:
@@ -181,9 +199,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         state = ckpt.TrainState(schedule=schedule.start(optim.effective_lr).to_dict(),
                                 config=loop_config["config"], mlflow_run_id=info.mlflow_run_id)
         if cfg.model.init_from is not None:
-            done = init_from(model, cfg, info.tracking_uri)
+            done = init_from(model, cfg, info.tracking_uri, info.wnids)
             if worker.is_main:
                 print(f"initialised {done}", flush=True)
+                tracker.tag(INIT_TAG, done)
+    if cfg.model.freeze_convs:
+        freeze_convs(model)
 
     if worker.cuda:
         model = model.to(memory_format=torch.channels_last)

@@ -95,13 +95,13 @@ def check_job_output(flag: str, uri: str, instead: str) -> None:
         raise JobError(str(e)) from None
 
 
-def check_init_source(cfg: TrainConfig, num_classes: int, tracking: str) -> None:
+def check_init_source(cfg: TrainConfig, num_classes: int, tracking: str, classes: Sequence[str] = ()) -> None:
     """Load ``--init-from`` and apply it to a fresh net of this config, so a wrong arch or shape fails here."""
     from trainer.loop import init_from
 
     model = make_model(cfg, num_classes)
     try:
-        init_from(model, cfg, tracking)
+        init_from(model, cfg, tracking, classes)
     except ValueError as e:  # CheckpointError, or the strict load / transfer naming the mismatching layer
         raise JobError(f"cannot initialise from {cfg.model.init_from}: {e}") from None
 
@@ -199,6 +199,10 @@ def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.
         storage.check_access(cfg.run.storage, create=True)
     except (ManifestError, storage.StorageError) as e:
         raise JobError(str(e)) from None
+    target = manifest.options.get("target")
+    if isinstance(target, dict) and target.get("multilabel"):
+        raise JobError(f"{cfg.data.data} is a multi-label target ({target.get('layout')}): training fits one label "
+                       "per image; its transfer protocol is python -m evaluation.transfer")
     if cfg.data.num_classes is not None and cfg.data.num_classes != manifest.num_classes:
         raise JobError(f"--num-classes {cfg.data.num_classes} but the manifest has {manifest.num_classes} classes")
     tracking = tracking_uri(cfg)
@@ -206,7 +210,7 @@ def plan(cfg: TrainConfig) -> tuple[TrainConfig, Manifest, str, tuple[str, ckpt.
     if latest is not None:
         check_resume(cfg, latest[1])
     elif cfg.model.init_from is not None:
-        check_init_source(cfg, manifest.num_classes, tracking)
+        check_init_source(cfg, manifest.num_classes, tracking, manifest.wnids)
     return cfg, manifest, tracking, latest
 
 

@@ -38,6 +38,7 @@ PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "verydeep.failure"  # why the run ended FAILED or KILLED: the CLI's `error:` line
 GAP_TAG = "verydeep.tracking_gap"  # set when the server was lost during the job and came back before the close
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+INIT_TAG = "verydeep.init"  # what --init-from copied (a fine-tuning run: FC8 re-initialised for the new classes)
 CLOSE_WAIT_ENV = "VERYDEEP_MLFLOW_CLOSE_WAIT_S"
 CLOSE_WAIT_S = 120.0
 GAP_TEXT = ("the tracking server was unreachable during the job: metrics and tags of that time are missing here; "

@@ -4,6 +4,7 @@ Images come in already rescaled to the test scale Q and mean-subtracted; soft-ma
 
 - dense: the fully-convolutional net on the whole image, its class-score map spatially averaged, soft-max; with flip,
   averaged with the same for the horizontally flipped image.
+- descriptors (Appendix B): the dense net without its last layer, its FC7 map averaged over space and over the flip.
 - multi-crop: a 5x5 regular grid of crop x crop windows over the image, each also flipped (50 crops per scale),
   soft-max posteriors averaged.
 
@@ -49,6 +50,16 @@ def flip_average(plain: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
 def dense_posteriors(model: nn.Module, images: torch.Tensor, flip: bool = True) -> torch.Tensor:
     """Dense evaluation of (N, 3, h, w) images: (N, C) posteriors, averaged over the horizontal flip when ``flip``."""
     return flip_average(*dense_views(model, images)) if flip else _dense_softmax(model, images)
+
+
+def dense_descriptors(model: nn.Module, images: torch.Tensor, flip: bool = True) -> torch.Tensor:
+    """Appendix B's descriptors of (N, 3, h, w) images: the dense FC7 map averaged over space, and with ``flip`` over
+    the image and its mirror image: (N, fc_width)."""
+    if not flip:
+        return _at_least_fp32(model.forward_dense_fc7(images)).mean(dim=(2, 3))
+    n = images.shape[0]
+    pooled = _at_least_fp32(model.forward_dense_fc7(torch.cat([images, images.flip(3)]))).mean(dim=(2, 3))
+    return flip_average(pooled[:n], pooled[n:])
 
 
 def grid_crop_batch(images: torch.Tensor, crop: int, n: int = GRID) -> torch.Tensor:

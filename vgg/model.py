@@ -138,14 +138,21 @@ class VGG(nn.Module):
         The convolutions reuse the FC weights (no copy), so the map at a crop-size input equals ``forward``'s logits.
         Spatial averaging and soft-max are the evaluator's business (Sec. 3.2).
         """
+        fc8 = self.classifier[6]
+        return F.conv2d(self.forward_dense_fc7(x), fc8.weight[:, :, None, None], fc8.bias)
+
+    def forward_dense_fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense net without its last layer: the FC7 map after ReLU (and dropout), (N, fc_width, h, w).
+
+        Appendix B's image descriptor is this map, spatially averaged (the paper's "very deep features").
+        """
         if min(x.shape[-2:]) < self.crop:
             raise ValueError(f"dense evaluation needs images of at least {self.crop}x{self.crop}, got {tuple(x.shape[-2:])}")
-        fc6, relu6, drop6, fc7, relu7, drop7, fc8 = self.classifier
+        fc6, relu6, drop6, fc7, relu7, drop7, _ = self.classifier
         y = self.forward_features(x)
         y = F.conv2d(y, fc6.weight.view(self.fc_width, self.out_channels, self.fc_kernel, self.fc_kernel), fc6.bias)
         y = drop6(relu6(y))
-        y = drop7(relu7(F.conv2d(y, fc7.weight[:, :, None, None], fc7.bias)))
-        return F.conv2d(y, fc8.weight[:, :, None, None], fc8.bias)
+        return drop7(relu7(F.conv2d(y, fc7.weight[:, :, None, None], fc7.bias)))
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
         """The conv layers in order, named as in the paper: ``conv{block}_{index}``."""
@@ -244,6 +251,25 @@ def init_from_a(model: VGG, net_a: VGG) -> VGG:
             )
         d.weight.copy_(s.weight)
         d.bias.copy_(s.bias)
+    return model
+
+
+@torch.no_grad()
+def init_all_but_last(model: VGG, source: VGG) -> VGG:
+    """Fine-tuning's start: every weight of ``source`` except FC8, which keeps ``model``'s own (random) init.
+
+    For a target with another class count; every other layer must have the same shape in both nets.
+    """
+    fc8 = "classifier.6."
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(fc8)}
+    copied = {k: v for k, v in source.state_dict().items() if not k.startswith(fc8)}
+    missing = [k for k in own if k not in copied or tuple(copied[k].shape) != tuple(own[k].shape)]
+    if missing or len(copied) != len(own):
+        k = (missing or sorted(set(copied) - set(own)))[0]
+        raise ValueError(f"cannot initialise {model.describe()} from {source.describe()}: {k} does not fit (every "
+                         "layer but FC8 must match: arch, width, FC width and crop)")
+    for k, v in copied.items():
+        own[k].copy_(v)
     return model
 
 

@@ -179,3 +179,20 @@ def ladder(arch: str) -> tuple[Rung, ...]:
 def rung_for(arch: str, scale: TrainScale) -> Rung | None:
     """The ladder's run that trains ``arch`` at ``scale``; None for a scale the paper does not train at."""
     return next((r for r in ladder(arch) if r.arch == arch and r.scale == scale), None)
+
+# ---- Appendix B: very deep features on other datasets -------------------------------------------------------------
+
+# A fixed net without its last layer, applied densely at each Q; the FC7 map (after ReLU) averaged over space and
+# over the image and its mirror image; pooled over Q; L2-normalised; a linear SVM per class. Fusion: stacking.
+VOC_SCALES = (256, 384, 512, 640, 768)  # VOC: averaged over Q ("about as well as stacking"; +0.3 % over 256-512)
+CALTECH_SCALES = (256, 384, 512)  # Caltech: stacked over Q (better than averaging or max-pooling there)
+CALTECH_SPLITS = 3  # random splits, mean ± std reported
+CALTECH_TRAIN_PER_CLASS = {"caltech101": 30, "caltech256": 60}
+CALTECH_TEST_PER_CLASS = {"caltech101": 50}  # "up to 50"; Caltech-256: the rest
+HELD_OUT_FRACTION = 0.2  # of each split's training images, held out for hyper-parameters (the SVM's C)
+# Table 11: VOC mAP and Caltech mean class recall in %, (mean, std over splits or None); nets D, E and their fusion.
+TABLE11 = {
+    "D": {"voc2007": (89.3, None), "voc2012": (89.0, None), "caltech101": (91.8, 1.0), "caltech256": (85.0, 0.2)},
+    "E": {"voc2007": (89.3, None), "voc2012": (89.0, None), "caltech101": (92.3, 0.5), "caltech256": (85.1, 0.3)},
+    "D & E": {"voc2007": (89.7, None), "voc2012": (89.3, None), "caltech101": (92.7, 0.5), "caltech256": (86.2, 0.3)},
+}
