@@ -213,8 +213,8 @@ class Stage:
     """Wall time, CPU seconds and peak memory of one stage: this process exactly, its child processes (Ray's and the
     S3 server's) sampled every ``every`` seconds, their resident memory less what they share (the object store)."""
 
-    def __init__(self, name: str, s3_pid: int | None, every: float = 0.5) -> None:
-        self.name, self.s3_pid, self.every = name, s3_pid, every
+    def __init__(self, name: str, service_pid: int | None, service: str = "s3_server", every: float = 0.5) -> None:
+        self.name, self.s3_pid, self.service, self.every = name, service_pid, service, every
         self.record: dict[str, Any] = {}
         self._cpu: dict[int, tuple[float, float]] = {}  # pid -> (CPU s when first seen in this stage, latest)
         self._ray_peak = self._s3_peak = self._ray_largest = 0.0
@@ -266,7 +266,8 @@ class Stage:
                             "ray_cpu_s": round(ray_cpu, 2), "ray_peak_mb": round(self._ray_peak, 1),
                             "ray_largest_process_mb": round(self._ray_largest, 1)})
         if self.s3_pid:
-            self.record.update({"s3_server_cpu_s": round(s3[1] - s3[0], 2), "s3_server_peak_mb": round(self._s3_peak, 1)})
+            self.record.update({f"{self.service}_cpu_s": round(s3[1] - s3[0], 2),
+                                f"{self.service}_peak_mb": round(self._s3_peak, 1)})
         if exc[0] is None:
             print(f"{self.name}: " + ", ".join(f"{k} {v}" for k, v in self.record.items()), flush=True)
 
@@ -598,24 +599,13 @@ def run_sweep(args: argparse.Namespace, work: Path) -> dict:
     s.record.update(items=len(files), bytes=sum(p.stat().st_size for p in files))
     stages["sweep_store"] = s.record
     with Stage("sweep_report", None) as s:
-        report = build_report(models, scales, methods, report_loader(store, plan))
+        report = build_report(models, scales, methods, store.loader(plan.shards))
         written = report.write(work / "sweep-report")
     s.record.update(items=len(report.cells), tables=[len(t.rows) for t in report.tables],
                     bytes=sum(p.stat().st_size for p in written))
     stages["sweep_report"] = s.record
     shutil.rmtree(out, ignore_errors=True)
     return stages
-
-
-def report_loader(store: Any, plan: Any) -> Callable:
-    """The loader the sweep's report reads stored posteriors through (``evaluation.sweep.run``'s)."""
-    from evaluation import posteriors
-
-    if hasattr(posteriors.PosteriorStore, "loader"):
-        return store.loader(plan.shards)
-    import functools
-
-    return functools.lru_cache(maxsize=None)(lambda mid, q, view: store.read(mid, q, view, plan.shards))
 
 
 def mlflow_server(root: Path) -> tuple[subprocess.Popen, str]:
@@ -669,7 +659,7 @@ def run_mlflow(args: argparse.Namespace, work: Path) -> dict:
     try:
         log_every = max(1, STEPS_PER_EPOCH // 10)  # trainer/loop.py's rate: ten train points per epoch
         system_points = int(args.run_hours * 3600 / SYSTEM_INTERVAL_S)
-        with Stage("mlflow_log", proc.pid) as s:
+        with Stage("mlflow_log", proc.pid, "mlflow_server") as s:
             tracker = Tracker(True, uri, "scale")
             tracker.start(None, "vgg-e-74-epochs", {"model.arch": "E"}, {})
             rows = 0
@@ -695,7 +685,7 @@ def run_mlflow(args: argparse.Namespace, work: Path) -> dict:
                         bytes=(root / "mlflow.db").stat().st_size)
         stages["mlflow_log"] = s.record
         run_id = tracker.run_id
-        with Stage("mlflow_load", proc.pid) as s:
+        with Stage("mlflow_load", proc.pid, "mlflow_server") as s:
             t0 = time.perf_counter()
             run = get_json(f"{uri}/ajax-api/2.0/mlflow/runs/get?run_id={run_id}")
             keys = [m["key"] for m in run["run"]["data"].get("metrics", [])]
