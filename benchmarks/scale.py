@@ -247,6 +247,7 @@ class Stage:
 
     def __enter__(self) -> Stage:
         _reset_peak("self")
+        self._rss_start = psutil.Process().memory_info().rss / MiB  # the peak's floor: what earlier stages left
         self._start_epoch = time.time()
         self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -262,7 +263,7 @@ class Stage:
         s3 = self._cpu.get(self.s3_pid or -1, (0.0, 0.0))
         ray_cpu = sum(last - first for pid, (first, last) in self._cpu.items() if pid != self.s3_pid)
         self.record.update({"wall_s": round(wall, 2), "driver_cpu_s": round(cpu, 2),
-                            "driver_peak_mb": round(_peak_mb() or 0.0, 1),
+                            "driver_peak_mb": round(_peak_mb() or 0.0, 1), "driver_start_mb": round(self._rss_start, 1),
                             "ray_cpu_s": round(ray_cpu, 2), "ray_peak_mb": round(self._ray_peak, 1),
                             "ray_largest_process_mb": round(self._ray_largest, 1)})
         if self.s3_pid:
@@ -572,7 +573,7 @@ def run_sweep(args: argparse.Namespace, work: Path) -> dict:
     from evaluation.report import build_report
     from evaluation.sweep import pending_units
 
-    manifest_uri = str(args.work / "f1" / "shards" / "manifest.json")
+    manifest_uri = str(args.sweep_data or args.work / "f1" / "shards" / "manifest.json")
     if not Path(manifest_uri).exists():
         raise SystemExit(f"error: no {manifest_uri}: run --fraction 1.0 first (the sweep reads its val shards)")
     out = work / "sweep"
@@ -743,6 +744,7 @@ def run_fixed(args: argparse.Namespace) -> dict:
 # ---- summary -----------------------------------------------------------------------------------------------------
 
 COSTS = ("wall_s", "driver_cpu_s", "ray_cpu_s", "driver_peak_mb", "ray_peak_mb")
+EPOCH_COSTS = ("epoch0_wall_s", "epoch1_wall_s", "first_batch_s", "epoch1_first_batch_s")
 
 
 def fit_exponent(sizes: list[float], costs: list[float]) -> float | None:
@@ -767,13 +769,27 @@ def summarise(results_dir: Path, plot_path: Path | None) -> dict:
         points = [(runs[f]["stages"][stage]["items"], runs[f]["stages"][stage]) for f in sorted(runs)
                   if stage in runs[f].get("stages", {})]
         fits[stage] = {"items": [p[0] for p in points]}
-        for cost in COSTS:
+        if stage == "epochs":  # per epoch too: the first (Ray Data's start included) and the later ones
+            for p in points:
+                first, *later = p[1]["epochs"]
+                p[1]["epoch0_wall_s"], p[1]["first_batch_s"] = first["wall_s"], first["first_batch_s"]
+                p[1]["epoch1_wall_s"] = later[0]["wall_s"] if later else None
+                p[1]["epoch1_first_batch_s"] = later[0]["first_batch_s"] if later else None
+        for cost in COSTS + (EPOCH_COSTS if stage == "epochs" else ()):
             fits[stage][cost] = [p[1].get(cost) for p in points]
             fits[stage][f"{cost}_exponent"] = fit_exponent([p[0] for p in points],
                                                            [p[1].get(cost) or 0 for p in points])
+            # The slope over the last decade alone: a fixed start-up cost flattens the fit over all three points.
+            fits[stage][f"{cost}_last_slope"] = fit_exponent([p[0] for p in points[-2:]],
+                                                             [p[1].get(cost) or 0 for p in points[-2:]])
+    print("| stage | items | " + " | ".join(COSTS) + " |\n|---|---|" + "---|" * len(COSTS))
     for stage, fit in fits.items():
-        print(f"{stage:14s} items {fit['items']}  " + "  ".join(
-            f"{c} {fit[c]} (k={fit[c + '_exponent']})" for c in COSTS))
+        cells = [", ".join(f"{v:g}" for v in fit[c] if v is not None)
+                 + f" (k = {fit[c + '_exponent']}; {fit[c + '_last_slope']})" for c in COSTS]
+        print(f"| {stage} | {', '.join(f'{n:,}' for n in fit['items'])} | " + " | ".join(cells) + " |")
+    if "epochs" in fits:
+        print("epochs, per epoch: " + "; ".join(f"{c} {fits['epochs'][c]} (k = {fits['epochs'][c + '_exponent']}; "
+                                                f"{fits['epochs'][c + '_last_slope']})" for c in EPOCH_COSTS))
     if plot_path is not None and fits:
         import matplotlib
 
@@ -821,6 +837,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ray-cpus", type=int, default=os.cpu_count() or 2, help="logical CPUs of the local Ray")
     parser.add_argument("--sweep-images", type=int, default=None, help="the sweep on this many val images "
                         "(default: all 50,000)")
+    parser.add_argument("--sweep-data", type=Path, default=None, help="the manifest whose val shards the sweep "
+                        "covers (default: the F = 1.0 run's local shards)")
     parser.add_argument("--run-hours", type=float, default=8.0, help="MLflow: the 74-epoch run's length, for its "
                         "system metrics (8 h: one H100 for VGG-E, README's estimate)")
     parser.add_argument("--json", type=Path, default=None, help="where to write results (default under "
@@ -849,8 +867,13 @@ def main(argv: list[str] | None = None) -> dict:
                     "report_peak_mb": MAX_REPORT_MB},
     }
     name = f"scale_f{args.fraction:g}.json" if args.fraction is not None else "scale_fixed.json"
+    path = args.json or RESULTS / name
+    if args.only and path.exists():  # some of the fixed stages: the others' results are kept
+        earlier = json.loads(path.read_text())
+        result["stages"] = {**earlier.get("stages", {}), **result["stages"]}
+        result["command"] = f"{earlier['command']}; {result['command']}"
     if not args.no_json and args.stages_only is None:
-        write_results(args.json or RESULTS / name, result)
+        write_results(path, result)
     return result
 
 
