@@ -12,7 +12,7 @@ Images of one batch must share a shape (``vgg.evaluate.stack_by_shape``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -43,14 +43,44 @@ def evaluate_batch(model: nn.Module, images: torch.Tensor, crop: int, methods: S
     return out
 
 
-def average(posteriors: Sequence[np.ndarray]) -> np.ndarray:
-    """The mean of equally shaped (N, C) posteriors, in float64: multi-scale, multi-crop & dense and fusion alike."""
-    if not posteriors:
-        raise ValueError("nothing to average")
-    shapes = {p.shape for p in posteriors}
-    if len(shapes) != 1:
-        raise ValueError(f"posteriors of different shapes cannot be averaged: {sorted(shapes)}")
-    return np.mean(np.stack([np.asarray(p, np.float64) for p in posteriors]), axis=0)
+class RunningMean:
+    """The float64 mean of equally shaped (N, C) posteriors added one at a time: one running sum in memory, each
+    input let go once added. The sum runs in input order, as ``np.mean`` over the stacked inputs adds them, so the
+    numbers are the same bit for bit."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, posteriors: np.ndarray) -> None:
+        """Add one (N, C) array."""
+        if self.total is None:
+            self.total = np.array(posteriors, np.float64)
+        elif posteriors.shape != self.total.shape:
+            shapes = sorted({self.total.shape, posteriors.shape})
+            raise ValueError(f"posteriors of different shapes cannot be averaged: {shapes}")
+        else:
+            self.total += posteriors
+        self.count += 1
+
+    def result(self) -> np.ndarray:
+        """The mean of what was added (divided in place: the running sum becomes the result and the mean is reset)."""
+        if self.total is None:
+            raise ValueError("nothing to average")
+        total, self.total = self.total, None
+        total /= self.count
+        self.count = 0
+        return total
+
+
+def average(posteriors: Iterable[np.ndarray]) -> np.ndarray:
+    """The mean of equally shaped (N, C) posteriors, in float64: multi-scale, multi-crop & dense and fusion alike;
+    a generator is averaged in the memory of two inputs (``RunningMean``)."""
+    mean = RunningMean()
+    for p in posteriors:
+        mean.add(p)
+        del p  # before the next one is made
+    return mean.result()
 
 
 def topk_errors(probs: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[int, float]:

@@ -14,9 +14,10 @@ Multi-scale, multi-crop & dense and fusion results are averages of stored files:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,7 @@ from pipeline.manifest import Manifest
 from pipeline.verify import ShardFacts, inspect_shards
 
 ROOT = "posteriors"
+KEEP_LOADED = 2  # posteriors the report's loader keeps (PosteriorStore.loader)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,14 @@ class PosteriorStore:
         rel = self.relpath(model_id, q, view, shard)
         storage.write_bytes_atomic(storage.join(self.root, rel), to_parquet(keys, labels, probs), self.endpoint)
         self.present().add(rel)
+
+    def loader(self, shards: Sequence[int], keep: int = KEEP_LOADED) -> Callable[[str, int, str], Posteriors]:
+        """``(model id, Q, view) -> posteriors`` of ``shards`` for the report, the last ``keep`` loads kept.
+
+        A few, not all: the report asks for a (net, Q)'s dense and multi-crop views twice in a row (each alone,
+        then together), but a full sweep's views are 54 tables of 200 MB (50,000 images x 1,000 classes).
+        """
+        return functools.lru_cache(maxsize=keep)(lambda model_id, q, view: self.read(model_id, q, view, shards))
 
     def read(self, model_id: str, q: int, view: str, shards: Iterable[int]) -> Posteriors:
         """The given shards of one (model, Q, view), rows in key order."""

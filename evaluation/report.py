@@ -10,13 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, LABELS, METHODS, MULTICROP, average, topk_errors
+from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, LABELS, METHODS, MULTICROP, RunningMean, topk_errors
 from evaluation.models import LoadedModel
 from evaluation.posteriors import Posteriors
 
@@ -113,19 +113,24 @@ def errors(p: Posteriors) -> tuple[float, float]:
     return e[1], e[5]
 
 
-def combine(parts: Sequence[Posteriors]) -> Posteriors:
-    """The average of posteriors of the same images (keys must match row for row)."""
-    first = parts[0]
-    for p in parts[1:]:
-        if p.keys.shape != first.keys.shape or not np.array_equal(p.keys, first.keys):
+def combine(parts: Iterable[Posteriors]) -> Posteriors:
+    """The average of posteriors of the same images (keys must match row for row), taken one part at a time: a
+    generator of loads is combined holding one part in memory, not all of them (a full sweep's do not fit)."""
+    mean, keys, labels = RunningMean(), None, None
+    for p in parts:
+        if keys is None:
+            keys, labels = p.keys, p.labels
+        elif p.keys.shape != keys.shape or not np.array_equal(p.keys, keys):
             raise ReportError("posteriors to combine cover different images (was the split changed mid-sweep?)")
-    return Posteriors(first.keys, first.labels, average([p.probs for p in parts]))
+        mean.add(p.probs)
+        del p  # let it go before the next part is loaded
+    return Posteriors(keys, labels, mean.result())
 
 
 def method_posteriors(load: Loader, model_id: str, qs: Sequence[int], method: str) -> Posteriors:
     """A method's posteriors averaged over the scales ``qs``; multi-crop & dense averages both methods' (Sec. 4.3)."""
     views = (DENSE, MULTICROP) if method == COMBINED else (method,)
-    return combine([load(model_id, q, v) for q in qs for v in views])
+    return combine(load(model_id, q, v) for q in qs for v in views)
 
 
 def pct(x: float) -> float:
@@ -212,7 +217,7 @@ def fusion_table(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...
         chosen = [models[i] for i in subset]
         name = ", ".join(f"({m.label}/{q_list(scales[m.model_id])})" for m in chosen)
         for method in shown:
-            fused = combine([method_posteriors(load, m.model_id, scales[m.model_id], method) for m in chosen])
+            fused = combine(method_posteriors(load, m.model_id, scales[m.model_id], method) for m in chosen)
             top1, top5 = errors(fused)
             t.rows.append([name, LABELS[method], pct(top1), pct(top5)])
             tag = "+".join(m.label for m in chosen)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from evaluation.config import SweepConfig, parse_args
 from evaluation.methods import METHODS
 from evaluation.models import LoadedModel, ModelError, default_scales, label_models, load
-from evaluation.posteriors import PosteriorStore, Posteriors, data_id, shard_limits
+from evaluation.posteriors import PosteriorStore, data_id, shard_limits
 from evaluation.report import Report, ReportError, build_report
 from evaluation.shard import ShardResult, evaluate_shard, views_of
 from evaluation.tracking import log_sweep
@@ -235,11 +234,7 @@ def run(cfg: SweepConfig) -> SweepResult:
           f"units, {len(units)} to compute ({total - len(units)} stored)", file=sys.stderr, flush=True)
     compute(cfg, plan, store, units)
 
-    @functools.lru_cache(maxsize=None)
-    def load_posteriors(model_id: str, q: int, view: str) -> Posteriors:
-        return store.read(model_id, q, view, plan.shards)
-
-    report = build_report(plan.models, plan.scales, cfg.methods, load_posteriors)
+    report = build_report(plan.models, plan.scales, cfg.methods, store.loader(plan.shards))
     local_root = None if storage.is_s3(cfg.out) else Path(storage.join(cfg.out, REPORT_DIR))
     with tempfile.TemporaryDirectory(prefix="verydeep-report-") as tmp:
         local = local_root or Path(tmp)

@@ -112,3 +112,81 @@ def test_store_round_trip_and_what_is_missing(tmp_path, prepared_shards):
     manifest = load_manifest(prepared_shards)
     assert data_id(manifest, "val") != data_id(manifest, "val", limit=4) != data_id(manifest, "train")
     assert shard_limits([5, 5, 5], 7) == [5, 2, 0] and shard_limits([5, 5], None) == [5, 5]
+
+
+def stored_sweep(tmp_path, n: int = 1000, c: int = 500) -> tuple[list[LoadedModel], dict, PosteriorStore]:
+    """Six nets x three Q x every view of random posteriors in a store on disk (the sweep's shape at full size)."""
+    rng = np.random.default_rng(0)
+    keys, labels = np.array([f"k{i:05d}" for i in range(n)]), rng.integers(0, c, n)
+    nets = [LoadedModel(f"{a}{s}", f"{a}{s}", ModelCard(arch=a, num_classes=c, crop=224, smin=s, smax=s,
+                                                        mean=(0.0, 0.0, 0.0)), {}, f"{a}{s}", f"{a}/{s}")
+            for a, s in (("A", 256), ("B", 256), ("C", 384), ("D", 256), ("E", 256), ("E", 384))]
+    scales = {m.model_id: default_scales(m.card) for m in nets}
+    store = PosteriorStore(str(tmp_path), "val-x")
+    for m in nets:
+        for q in scales[m.model_id]:
+            for view in (DENSE, DENSE_NOFLIP, MULTICROP):
+                store.write(m.model_id, q, view, 0, keys, labels, rng.random((n, c), dtype=np.float32))
+    store.read(nets[0].model_id, scales[nets[0].model_id][0], DENSE, [0])  # the reader's first-use imports, not data
+    return nets, scales, store
+
+
+def traced_peak(fn) -> tuple[object, int]:
+    """What ``fn()`` returns and the peak of the memory it allocated (numpy's arrays included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        return fn(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_report_combines_posteriors_streaming(tmp_path):
+    """A full sweep's posteriors do not fit in memory together (54 tables of 200 MB at 50,000 images x 1,000
+    classes): the report holds a few posteriors at a time whatever the number of nets, scales and views."""
+    nets, scales, store = stored_sweep(tmp_path)
+    one = 1000 * 500 * 8  # one posterior table in float64, the precision combinations are averaged in
+    report, peak = traced_peak(lambda: build_report(nets, scales, [DENSE, MULTICROP],
+                                                    lambda mid, q, view: store.read(mid, q, view, [0])))
+    assert len(report.cells) == 6 * 3 * 3 and report.tables[-1].rows  # every cell, and the six nets fused
+    # The running sums of a fusion and of a multi-scale average, the table being read and its copies: 5-7 tables
+    # measured. Holding every load and stacking the parts of each combination took 22.
+    assert peak < 10 * one, f"the report peaked at {peak / one:.1f} float64 posterior tables"
+
+
+def test_the_sweeps_loader_keeps_a_few_posteriors(tmp_path):
+    """The report's loader keeps the last two loads (a (net, Q)'s dense and multi-crop, asked for again at once by
+    their combination), never the whole sweep's."""
+    from evaluation.posteriors import KEEP_LOADED
+
+    nets, scales, store = stored_sweep(tmp_path)
+    one = 1000 * 500 * 4  # one stored float32 table
+    load = store.loader([0])
+    first = load(nets[0].model_id, scales[nets[0].model_id][0], DENSE)
+    assert load(nets[0].model_id, scales[nets[0].model_id][0], DENSE) is first  # kept
+
+    def load_all() -> int:
+        import tracemalloc
+
+        for m in nets:
+            for q in scales[m.model_id]:
+                for view in (DENSE, DENSE_NOFLIP, MULTICROP):
+                    load(m.model_id, q, view)
+        return tracemalloc.get_traced_memory()[0]
+
+    held, _ = traced_peak(load_all)
+    assert KEEP_LOADED == 2 and held < (KEEP_LOADED + 1) * one, f"the loader holds {held / one:.1f} tables"
+
+
+def test_average_streams_the_same_numbers_as_the_mean_of_the_stack():
+    rng = np.random.default_rng(1)
+    parts = [rng.random((7, 5), dtype=np.float32) for _ in range(6)]
+    from evaluation.methods import average
+
+    streamed = average(p for p in parts)
+    np.testing.assert_array_equal(streamed, np.mean(np.stack([p.astype(np.float64) for p in parts]), axis=0))
+    with pytest.raises(ValueError, match="different shapes"):
+        average([parts[0], parts[0][:3]])
+    with pytest.raises(ValueError, match="nothing"):
+        average(iter([]))
