@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 
@@ -151,3 +152,26 @@ def test_unreachable_endpoint_is_one_line(s3_server):
     with pytest.raises(StorageError) as info:
         storage.exists("s3://any-bucket/x", endpoint=endpoint)
     _one_line(info.value)
+
+
+def test_a_whole_object_is_read_in_one_request(s3_server, caplog):
+    # A checkpoint of ~1 GB read in many ranged requests costs a round trip each on S3, and on servers that copy
+    # the object per request (moto), time quadratic in its size. A server of its own that logs each request.
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=True)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        import boto3  # s3_server: the session's test credentials and region are in the environment
+
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="reads")
+        data = os.urandom(24 << 20)
+        storage.write_bytes_atomic("s3://reads/weights.pt", data, endpoint=endpoint)
+        with caplog.at_level(logging.INFO, logger="werkzeug"):  # the server's access log: one line per request
+            assert storage.read_bytes("s3://reads/weights.pt", endpoint=endpoint) == data
+    finally:
+        server.stop()
+    gets = [r.getMessage() for r in caplog.records if "GET /" in r.getMessage() and "weights.pt" in r.getMessage()]
+    assert len(gets) == 1, gets
