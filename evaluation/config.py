@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evaluation.methods import METHODS
+from evaluation.methods import FLIPS, METHODS
 from pipeline.cli import Checked, check_http_url, option, parse
 from pipeline.cluster import ADDRESS_FORMS, is_address
 from pipeline.decode import BACKENDS
@@ -30,6 +30,10 @@ class SweepConfig(Checked):
         (), "test scales Q (shorter image side); default per net from its training scale: S-32, S, S+32 for fixed S, "
         "Smin, (Smin+Smax)/2, Smax for jittered S (Sec. 4.2)", metavar="Q")
     methods: tuple[str, ...] = option(METHODS, "evaluation methods (Sec. 3.2)", choices=METHODS)
+    flip: str = option(
+        "auto", "horizontal flips at test time: auto = as each net was trained (its model card; the paper's nets: on), "
+        "on = dense flip-averaged and multi-crop's 50 crops per scale (5x5 grid x 2 flips; Sec. 3.2), off = dense on "
+        "the image alone and the grid's 25 crops", choices=FLIPS)
     split: str = option("val", "the manifest split to evaluate")
     out: str = option("sweep", "results directory (local or s3://): posteriors/, tables, plot", metavar="DIR")
     max_images: int | None = option(None, "evaluate only the split's first N images (smoke runs)", metavar="N")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, LABELS, METHODS, MULTICROP, average, topk_errors
+from evaluation.methods import (COMBINED, DENSE, DENSE_NOFLIP, METHODS, MULTICROP, average, label, short_name,
+                                topk_errors, view_of)
 from evaluation.models import LoadedModel
 from evaluation.posteriors import Posteriors
 
@@ -71,6 +72,7 @@ class Cell:
     top5_err: float
     images: int
     extra: dict[str, float] = field(default_factory=dict)  # e.g. dense's no-flip errors
+    flip: bool = True  # evaluated with horizontal flips (dense flip-averaged, 50 crops per scale)
 
     def metrics(self) -> dict[str, float]:
         """Metrics of the child run."""
@@ -122,9 +124,10 @@ def combine(parts: Sequence[Posteriors]) -> Posteriors:
     return Posteriors(first.keys, first.labels, average([p.probs for p in parts]))
 
 
-def method_posteriors(load: Loader, model_id: str, qs: Sequence[int], method: str) -> Posteriors:
-    """A method's posteriors averaged over the scales ``qs``; multi-crop & dense averages both methods' (Sec. 4.3)."""
-    views = (DENSE, MULTICROP) if method == COMBINED else (method,)
+def method_posteriors(load: Loader, model_id: str, qs: Sequence[int], method: str, flip: bool = True) -> Posteriors:
+    """A method's posteriors (with or without flips) averaged over the scales ``qs``; multi-crop & dense averages both
+    methods' (Sec. 4.3)."""
+    views = [view_of(m, flip) for m in ((DENSE, MULTICROP) if method == COMBINED else (method,))]
     return combine([load(model_id, q, v) for q in qs for v in views])
 
 
@@ -149,14 +152,16 @@ def cells_table(cells: Sequence[Cell]) -> Table:
     t = Table("cells", "Every evaluated cell (net, test scale Q, method)",
               ["model", "model id", "train S", "test Q", "method", *ERR_COLUMNS, "images"])
     for c in cells:
-        t.rows.append([c.model.label, c.model.model_id, c.model.scale, c.q, LABELS[c.method], pct(c.top1_err),
+        t.rows.append([c.model.label, c.model.model_id, c.model.scale, c.q, label(c.method, c.flip), pct(c.top1_err),
                        pct(c.top5_err), c.images])
     return t
 
 
 def build_report(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...]], methods: Sequence[str],
-                 load: Loader) -> Report:
-    """Cells and Tables 3-6 from stored posteriors (``scales``: model id -> its evaluated Q, ascending)."""
+                 load: Loader, flips: Mapping[str, bool] | None = None) -> Report:
+    """Cells and Tables 3-6 from stored posteriors (``scales``: model id -> its evaluated Q, ascending; ``flips``:
+    model id -> evaluated with flips, by default as each net was trained)."""
+    flips = flips if flips is not None else {m.model_id: m.card.flip for m in models}
     shown = reported_methods(methods)
     cells: list[Cell] = []
     t3 = Table("table3_single_scale", "Table 3: single test scale",
@@ -167,30 +172,30 @@ def build_report(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...
                ["ConvNet config.", "train S", "test Q", "method", *ERR_COLUMNS])
     summary: dict[str, float] = {}
     for m in models:
-        qs = scales[m.model_id]
+        qs, flip = scales[m.model_id], flips[m.model_id]
         for q in qs:
             for method in shown:
-                p = method_posteriors(load, m.model_id, [q], method)
+                p = method_posteriors(load, m.model_id, [q], method, flip)
                 top1, top5 = errors(p)
                 extra = {}
-                if method == DENSE:
+                if method == DENSE and flip:
                     nf1, nf5 = errors(load(m.model_id, q, DENSE_NOFLIP))
                     extra = {"top1_err_noflip": nf1, "top5_err_noflip": nf5}
-                cells.append(Cell(m, q, method, top1, top5, len(p.keys), extra))
+                cells.append(Cell(m, q, method, top1, top5, len(p.keys), extra, flip))
                 if method in METHODS:
-                    t3.rows.append([m.card.arch, m.scale, q, LABELS[method], pct(top1), pct(top5)])
-                if method == DENSE:  # what the trainer's validation reports; the right view where mirrors differ
-                    t3.rows.append([m.card.arch, m.scale, q, LABELS[DENSE_NOFLIP], pct(nf1), pct(nf5)])
+                    t3.rows.append([m.card.arch, m.scale, q, label(method, flip), pct(top1), pct(top5)])
+                if extra:  # what the trainer's validation reports; the right view where mirrors differ
+                    t3.rows.append([m.card.arch, m.scale, q, label(DENSE, False), pct(nf1), pct(nf5)])
         for method in shown:
-            top1, top5 = errors(method_posteriors(load, m.model_id, qs, method))
-            row = [m.card.arch, m.scale, q_list(qs), LABELS[method], pct(top1), pct(top5)]
+            top1, top5 = errors(method_posteriors(load, m.model_id, qs, method, flip))
+            row = [m.card.arch, m.scale, q_list(qs), label(method, flip), pct(top1), pct(top5)]
             if len(qs) > 1 and method in METHODS:
                 t4.rows.append(row)
             if len(shown) > 1:
                 t5.rows.append(row)
             summary.update({metric_key(f"{m.label}/Q{q_list(qs)}/{method}/top1_err"): top1,
                             metric_key(f"{m.label}/Q{q_list(qs)}/{method}/top5_err"): top5})
-    t6 = fusion_table(models, scales, shown, load, summary)
+    t6 = fusion_table(models, scales, flips, shown, load, summary)
     return Report(cells, [t3, t4, t5, t6], summary)
 
 
@@ -203,18 +208,23 @@ def fusion_sets(n: int) -> list[tuple[int, ...]]:
     return [c for k in range(2, n + 1) for c in itertools.combinations(range(n), k)]
 
 
-def fusion_table(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...]], shown: Sequence[str],
-                 load: Loader, summary: dict[str, float]) -> Table:
-    """Table 6: nets fused by averaging their (multi-scale) posteriors, per method."""
+def fusion_table(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...]], flips: Mapping[str, bool],
+                 shown: Sequence[str], load: Loader, summary: dict[str, float]) -> Table:
+    """Table 6: nets fused by averaging their (multi-scale) posteriors, per method; each net with its own flips.
+    When the nets differ in flips, each is marked with its own and the method column names the method alone."""
     t = Table("table6_fusion", "Table 6: ConvNet fusion (posteriors averaged over nets)",
               ["combined models", "method", *ERR_COLUMNS])
     for subset in fusion_sets(len(models)):
         chosen = [models[i] for i in subset]
-        name = ", ".join(f"({m.label}/{q_list(scales[m.model_id])})" for m in chosen)
+        same = len({flips[m.model_id] for m in chosen}) == 1
+        marks = {m.model_id: "" if same else " with flips" if flips[m.model_id] else " without flips" for m in chosen}
+        name = ", ".join(f"({m.label}/{q_list(scales[m.model_id])}{marks[m.model_id]})" for m in chosen)
         for method in shown:
-            fused = combine([method_posteriors(load, m.model_id, scales[m.model_id], method) for m in chosen])
+            fused = combine([method_posteriors(load, m.model_id, scales[m.model_id], method, flips[m.model_id])
+                             for m in chosen])
             top1, top5 = errors(fused)
-            t.rows.append([name, LABELS[method], pct(top1), pct(top5)])
+            t.rows.append([name, label(method, flips[chosen[0].model_id]) if same else short_name(method), pct(top1),
+                           pct(top5)])
             tag = "+".join(m.label for m in chosen)
             summary.update({metric_key(f"fusion/{tag}/{method}/top1_err"): top1,
                             metric_key(f"fusion/{tag}/{method}/top5_err"): top5})
@@ -234,15 +244,15 @@ def plot(cells: Sequence[Cell]) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    lines: dict[tuple[str, str], list[Cell]] = {}
+    lines: dict[tuple[str, str, bool], list[Cell]] = {}
     for c in cells:
-        lines.setdefault((c.model.label, c.method), []).append(c)
+        lines.setdefault((c.model.label, c.method, c.flip), []).append(c)
     styles = {DENSE: "o-", MULTICROP: "s--", COMBINED: "^:"}
     for ax, (what, attr) in zip(axes, (("top-1", "top1_err"), ("top-5", "top5_err"))):
-        for (label, method), group in lines.items():
+        for (net, method, flip), group in lines.items():
             group = sorted(group, key=lambda c: c.q)
             ax.plot([c.q for c in group], [pct(getattr(c, attr)) for c in group], styles.get(method, "o-"),
-                    label=f"{label} {LABELS[method]}")
+                    label=f"{net} {label(method, flip)}")
         ax.set_xlabel("test scale Q (px)")
         ax.set_ylabel(f"{what} error (%)")
         ax.set_title(f"{what} error against test scale")

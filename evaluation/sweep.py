@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evaluation.config import SweepConfig, parse_args
-from evaluation.methods import METHODS
+from evaluation.methods import METHODS, uses_flip, views_of
 from evaluation.models import LoadedModel, ModelError, default_scales, label_models, load
 from evaluation.posteriors import PosteriorStore, Posteriors, data_id, shard_limits
 from evaluation.report import Report, ReportError, build_report
-from evaluation.shard import ShardResult, evaluate_shard, views_of
+from evaluation.shard import ShardResult, evaluate_shard
 from evaluation.tracking import log_sweep
 from pipeline import cluster, storage
 from pipeline.cli import to_params
@@ -47,12 +47,14 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One task: a net, a test scale, an image shard, and the views that shard still lacks."""
+    """One task: a net, a test scale, an image shard, the views that shard still lacks, and whether the net is
+    evaluated with flips."""
 
     model: LoadedModel
     q: int
     shard: int
     views: tuple[str, ...]
+    flip: bool
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Plan:
     shard_uris: list[str]
     limits: list[int]  # rows taken from each shard
     data: str  # data id of the posterior store
+    flips: dict[str, bool]  # model id -> evaluated with horizontal flips (as trained, unless --flip on/off)
 
     @property
     def shards(self) -> list[int]:
@@ -131,23 +134,24 @@ def make_plan(cfg: SweepConfig) -> Plan:
     limits = shard_limits([s.rows for s in split.shards], cfg.max_images)
     observed = inspect_shards(manifest, [cfg.split], cfg.s3_endpoint)  # every footer readable, before any compute
     return Plan(manifest, models, choose_scales(cfg, models), manifest.shard_uris(cfg.split), limits,
-                data_id(manifest, cfg.split, cfg.max_images, observed))
+                data_id(manifest, cfg.split, cfg.max_images, observed),
+                {m.model_id: uses_flip(cfg.flip, m.card.flip) for m in models})
 
 
 def pending_units(plan: Plan, store: PosteriorStore, methods: Sequence[str]) -> list[Unit]:
     """Every (net, Q, shard) that lacks a stored view, with the views it lacks."""
-    views = views_of(methods)
     units = []
     for m in plan.models:
+        flip = plan.flips[m.model_id]
         for q in plan.scales[m.model_id]:
-            for shard, lack in store.missing(m.model_id, q, views, plan.shards).items():
-                units.append(Unit(m, q, shard, lack))
+            for shard, lack in store.missing(m.model_id, q, views_of(methods, flip), plan.shards).items():
+                units.append(Unit(m, q, shard, lack, flip))
     return units
 
 
-def methods_for(views: Sequence[str]) -> tuple[str, ...]:
+def methods_for(views: Sequence[str], flip: bool) -> tuple[str, ...]:
     """The methods that produce the given views (dense's two views come together)."""
-    return tuple(m for m in METHODS if any(v in views for v in views_of([m])))
+    return tuple(m for m in METHODS if any(v in views for v in views_of([m], flip)))
 
 
 class Progress:
@@ -184,7 +188,7 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
 
     def task_args(u: Unit) -> tuple:
         return (u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard], plan.limits[u.shard], u.q,
-                methods_for(u.views), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint)
+                methods_for(u.views, u.flip), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint, u.flip)
 
     progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     print(f"sweep: {len(units)} units ({len(plan.models)} nets, {gpus and 'GPU' or 'CPU'} tasks) on Ray",
@@ -239,7 +243,7 @@ def run(cfg: SweepConfig) -> SweepResult:
     def load_posteriors(model_id: str, q: int, view: str) -> Posteriors:
         return store.read(model_id, q, view, plan.shards)
 
-    report = build_report(plan.models, plan.scales, cfg.methods, load_posteriors)
+    report = build_report(plan.models, plan.scales, cfg.methods, load_posteriors, plan.flips)
     local_root = None if storage.is_s3(cfg.out) else Path(storage.join(cfg.out, REPORT_DIR))
     with tempfile.TemporaryDirectory(prefix="verydeep-report-") as tmp:
         local = local_root or Path(tmp)

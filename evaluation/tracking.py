@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from evaluation.methods import LABELS
+from evaluation.methods import label
 from evaluation.report import Report
 
 SWEEP_TAG = "verydeep.sweep"  # on every run of a sweep: the data id, so child runs of one sweep can be found
@@ -81,11 +81,12 @@ def _log(report: Report, params: Mapping[str, str], report_dir: Path, tracking_u
         mlflow.log_params(dict(params))
         mlflow.log_metrics(report.summary)
         for cell in report.cells:
-            name = f"{cell.model.label} Q={cell.q} {LABELS[cell.method]}"
+            name = f"{cell.model.label} Q={cell.q} {label(cell.method, cell.flip)}"
             with mlflow.start_run(run_name=name, nested=True, tags=tags):
                 mlflow.log_params({"model": cell.model.label, "model_id": cell.model.model_id,
                                    "model_source": cell.model.source, "arch": cell.model.card.arch,
-                                   "train_scale": cell.model.scale, "q": cell.q, "method": cell.method})
+                                   "train_scale": cell.model.scale, "q": cell.q, "method": cell.method,
+                                   "flip": cell.flip})
                 mlflow.log_metrics(cell.metrics())
         for table in report.tables:
             if table.rows:

@@ -17,7 +17,7 @@ from cli_refusal import refused
 
 from evalkit import CROP, card_for, decoded, tiny_net
 from evaluation.config import parse_args
-from evaluation.methods import DENSE, DENSE_NOFLIP, MULTICROP
+from evaluation.methods import DENSE, DENSE_NOFLIP, MULTICROP, MULTICROP_NOFLIP
 from evaluation.models import load
 from evaluation.posteriors import PosteriorStore
 from evaluation.sweep import main, run
@@ -77,6 +77,28 @@ def test_sweep_end_to_end_then_a_rerun_computes_only_the_missing_scale(prepared_
     # A third run finds everything stored: no task at all.
     assert run(parse_args([*argv, "--scales", "40", "48", "--no-mlflow"])).computed == []
 
+
+
+@pytest.mark.ray
+def test_a_net_trained_without_flips_is_swept_without_them_unless_told(prepared_shards, tmp_path, capsys):
+    model = save_model(tmp_path / "noflip", tiny_net(4, seed=2), card_for(prepared_shards, 40, 40, flip=False))
+    out = tmp_path / "out"
+    argv = ["--model", str(model), "--data", prepared_shards, "--scales", "40", "--out", str(out), "--no-mlflow",
+            "--batch-size", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| A | 40 | 40 | dense |" in printed and "| A | 40 | 40 | multi-crop, 25 crops/scale |" in printed
+    assert "flip-averaged" not in printed and "50 crops" not in printed
+    views = lambda: {f.parent.name for f in out.glob("posteriors/*/*/q40/*/*.parquet")}  # noqa: E731
+    assert views() == {DENSE_NOFLIP, MULTICROP_NOFLIP}  # no mirror image was evaluated
+    # --flip on: the paper's protocol for this net too; only the views with flips are computed.
+    forced = run(parse_args([*argv, "--flip", "on"]))
+    assert forced.computed == [(load(str(model)).model_id, 40, 0)]
+    assert views() == {DENSE, DENSE_NOFLIP, MULTICROP, MULTICROP_NOFLIP}
+    assert [r[3] for r in forced.report.tables[0].rows] == ["dense, flip-averaged", "dense",
+                                                            "multi-crop, 50 crops/scale"]
+    off = run(parse_args([*argv, "--flip", "off"]))  # back to the stored views: nothing to compute
+    assert off.computed == [] and [r[3] for r in off.report.tables[0].rows] == ["dense", "multi-crop, 25 crops/scale"]
 
 def train_tiny(manifest: str, steps: int = 40) -> torch.nn.Module:
     """A few SGD steps of a thin net A on the tiny training split (random crops of images rescaled to 40)."""
