@@ -22,6 +22,9 @@ from evaluation.models import LoadedModel
 from evaluation.posteriors import Posteriors
 
 ERR_COLUMNS = ["top-1 err (%)", "top-5 err (%)"]
+# No "." in a column name: MLflow's table view reads a column name with a dot as a path into nested data (TanStack
+# Table's accessorKey), so "ConvNet config." rendered as a blank column there.
+NET_COLUMNS = ["ConvNet config", "train S", "test Q", "method", *ERR_COLUMNS]
 MAX_FUSION_SUBSETS = 4  # up to this many nets, every subset of two or more is fused; above it, all nets together
 
 Loader = Callable[[str, int, str], Posteriors]  # (model id, Q, view) -> posteriors, rows in key order
@@ -75,9 +78,12 @@ class Cell:
     flip: bool = True  # evaluated with horizontal flips (dense flip-averaged, 50 crops per scale)
 
     def metrics(self) -> dict[str, float]:
-        """Metrics of the child run."""
-        return {"top1_err": self.top1_err, "top5_err": self.top5_err, "top1": 1 - self.top1_err,
-                "top5": 1 - self.top5_err, "images": float(self.images), **self.extra}
+        """Metrics of the child run: errors in %, as the paper gives them (dense with flips adds its unflipped half)."""
+        out = {"top1_err_pct": pct(self.top1_err), "top5_err_pct": pct(self.top5_err), "images": float(self.images)}
+        if self.extra:
+            out.update({"top1_err_pct_noflip": pct(self.extra["top1_err_noflip"]),
+                        "top5_err_pct_noflip": pct(self.extra["top5_err_noflip"])})
+        return out
 
 
 @dataclass
@@ -86,7 +92,7 @@ class Report:
 
     cells: list[Cell]
     tables: list[Table]
-    summary: dict[str, float]  # flat metric name -> value, for the parent run
+    summary: dict[str, float]  # metric name -> error in %, for the parent run
 
     def markdown(self) -> str:
         """All tables, one after the other."""
@@ -165,11 +171,11 @@ def build_report(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...
     shown = reported_methods(methods)
     cells: list[Cell] = []
     t3 = Table("table3_single_scale", "Table 3: single test scale",
-               ["ConvNet config.", "train S", "test Q", "method", *ERR_COLUMNS])
+               NET_COLUMNS)
     t4 = Table("table4_multi_scale", "Table 4: multiple test scales (posteriors averaged over Q)",
-               ["ConvNet config.", "train S", "test Q", "method", *ERR_COLUMNS])
+               NET_COLUMNS)
     t5 = Table("table5_dense_vs_multicrop", "Table 5: dense vs multi-crop evaluation",
-               ["ConvNet config.", "train S", "test Q", "method", *ERR_COLUMNS])
+               NET_COLUMNS)
     summary: dict[str, float] = {}
     for m in models:
         qs, flip = scales[m.model_id], flips[m.model_id]
@@ -193,8 +199,8 @@ def build_report(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...
                 t4.rows.append(row)
             if len(shown) > 1:
                 t5.rows.append(row)
-            summary.update({metric_key(f"{m.label}/Q{q_list(qs)}/{method}/top1_err"): top1,
-                            metric_key(f"{m.label}/Q{q_list(qs)}/{method}/top5_err"): top5})
+            summary.update(summary_metrics(net_key(m), f"{metric_method(method)} Q{'-'.join(map(str, qs))}", top1,
+                                           top5))
     t6 = fusion_table(models, scales, flips, shown, load, summary)
     return Report(cells, [t3, t4, t5, t6], summary)
 
@@ -225,10 +231,33 @@ def fusion_table(models: Sequence[LoadedModel], scales: dict[str, tuple[int, ...
             top1, top5 = errors(fused)
             t.rows.append([name, label(method, flips[chosen[0].model_id]) if same else short_name(method), pct(top1),
                            pct(top5)])
-            tag = "+".join(m.label for m in chosen)
-            summary.update({metric_key(f"fusion/{tag}/{method}/top1_err"): top1,
-                            metric_key(f"fusion/{tag}/{method}/top5_err"): top5})
+            nets = " and ".join(net_key(m) for m in chosen)
+            summary.update(summary_metrics("fusion", f"{nets} {metric_method(method)}", top1, top5))
     return t
+
+
+def net_name(m: LoadedModel, jittered: str = "S[{},{}]") -> str:
+    """A net as run names write it: ``A S256`` or ``A S[256,512]`` (and the id that ``label_models`` gave it, if any)."""
+    s = m.card.train_scale
+    text = f"{m.card.arch} " + (jittered.format(s.smin, s.smax) if s.jittered else f"S{s.smin}")
+    suffix = m.label.partition(" ")[2]  # "(1a2b3c)" for two nets of the same config and S
+    return f"{text} {suffix}" if suffix else text
+
+
+def net_key(m: LoadedModel) -> str:
+    """A net in a metric name, where brackets and commas are not allowed: ``A S256``, ``A S256-512``."""
+    return metric_key(net_name(m, "S{}-{}").replace("(", "").replace(")", ""))
+
+
+def metric_method(method: str) -> str:
+    """A method in a metric name: dense, multi-crop, multi-crop and dense."""
+    return short_name(method).replace("&", "and")
+
+
+def summary_metrics(group: str, what: str, top1: float, top5: float) -> dict[str, float]:
+    """The parent run's two metrics of one result, in %, grouped by net (or fusion) as MLflow's charts group them:
+    ``A S256-512/multi-crop Q256-384-512 top1_err_pct``."""
+    return {metric_key(f"{group}/{what} top{k}_err_pct"): pct(e) for k, e in ((1, top1), (5, top5))}
 
 
 def metric_key(name: str) -> str:

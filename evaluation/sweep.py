@@ -30,7 +30,7 @@ from evaluation.models import LoadedModel, ModelError, default_scales, label_mod
 from evaluation.posteriors import PosteriorStore, Posteriors, data_id, shard_limits
 from evaluation.report import Report, ReportError, build_report
 from evaluation.shard import ShardResult, evaluate_shard
-from evaluation.tracking import log_sweep
+from evaluation.tracking import MLFLOW_DEFAULT_URI, SweepData, SweepRun
 from pipeline import cluster, storage
 from pipeline.cli import to_params
 from pipeline.manifest import Manifest, ManifestError, load_manifest
@@ -38,7 +38,6 @@ from pipeline.units import UnitError, run_units
 from pipeline.verify import ShardError, error_line, inspect_shards
 
 REPORT_DIR = "report"
-MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store when no tracking URI is set
 
 
 class SweepError(ValueError):
@@ -84,6 +83,7 @@ class SweepResult:
     report_uri: str
     run_id: str | None = None
     files: list[str] = field(default_factory=list)
+    ui: str | None = None  # how to open the parent run in MLflow's UI
 
 
 def check_models(models: Sequence[LoadedModel], manifest: Manifest) -> None:
@@ -228,10 +228,56 @@ def check_outputs(cfg: SweepConfig) -> None:
         cluster.check_job_output("--tracking-uri", tracking, "an http(s):// MLflow server, or --no-mlflow")
 
 
+def describe(cfg: SweepConfig, plan: Plan, report: Report | None = None) -> str:
+    """The parent run's description (markdown): what the sweep evaluates and how; then Tables 3-6, once done."""
+    images = sum(plan.limits)
+    lines = [f"Evaluation sweep of {len(plan.models)} net{'s' * (len(plan.models) > 1)} on {images} images of "
+             f"`{cfg.split}` (`{cfg.data}`, data id `{plan.data}`)" + (", running." if report is None else "."), "",
+             "| net | source | trained with flips | evaluated with flips | test Q |", "|---|---|---|---|---|"]
+    for m in plan.models:
+        flip = plan.flips[m.model_id]
+        how = "yes (dense flip-averaged, 50 crops/scale)" if flip else "no (dense alone, 25 crops/scale)"
+        lines.append(f"| {m.label} | `{m.source}` | {'yes' if m.card.flip else 'no'} | {how} | "
+                     f"{','.join(map(str, plan.scales[m.model_id]))} |")
+    if report is not None:
+        lines += ["", report.markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_data(cfg: SweepConfig, plan: Plan) -> SweepData:
+    """The split as the sweep reads it, for MLflow's dataset input."""
+    shards = tuple((plan.shard_uris[i], plan.limits[i]) for i in plan.shards)
+    return SweepData(manifest_uri(cfg.data), cfg.split, plan.data, sum(plan.limits), shards,
+                     plan.manifest.num_classes)
+
+
+def manifest_uri(data: str) -> str:
+    """The manifest file a ``--data`` names (it may name its directory), absolute when local."""
+    uri = data if data.endswith(".json") else storage.join(data, "manifest.json")
+    return uri if storage.is_s3(uri) else str(Path(uri).resolve())
+
+
 def run(cfg: SweepConfig) -> SweepResult:
-    """Plan, compute what is missing, report, log: the whole sweep."""
+    """Plan, compute what is missing, report, log: the whole sweep; the MLflow parent run spans it."""
     check_outputs(cfg)
     plan = make_plan(cfg)
+    tracked = SweepRun(cfg.tracking_uri, cfg.experiment, cfg.run_name or f"sweep {plan.data}", plan.data,
+                       storage.join(cfg.out, REPORT_DIR)) if cfg.mlflow else None
+    if tracked:
+        tracked.start(to_params(cfg), sweep_data(cfg, plan), describe(cfg, plan))
+    try:
+        result = evaluate(cfg, plan, tracked)
+    except BaseException as e:
+        if tracked:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            tracked.end("KILLED" if interrupted else "FAILED",
+                        "interrupted" if interrupted else f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        raise
+    return result
+
+
+def evaluate(cfg: SweepConfig, plan: Plan, tracked: SweepRun | None) -> SweepResult:
+    """Compute what the store lacks, report, and log the results into the open parent run."""
     store = PosteriorStore(cfg.out, plan.data, cfg.s3_endpoint)
     units = pending_units(plan, store, cfg.methods)
     total = sum(len(plan.scales[m.model_id]) for m in plan.models) * len(plan.shards)
@@ -248,12 +294,9 @@ def run(cfg: SweepConfig) -> SweepResult:
     with tempfile.TemporaryDirectory(prefix="verydeep-report-") as tmp:
         local = local_root or Path(tmp)
         uri, files = write_report(report, cfg.out, cfg.s3_endpoint, local)
-        run_id = None
-        if cfg.mlflow:
-            run_id = log_sweep(report, to_params(cfg), local, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                               run_name=cfg.run_name, data=plan.data)
+        run_id = tracked.finish(report, local, describe(cfg, plan, report)) if tracked else None
     computed = [(u.model.model_id, u.q, u.shard) for u in units]
-    return SweepResult(report, computed, uri, run_id, files)
+    return SweepResult(report, computed, uri, run_id, files, tracked.ui_hint() if tracked else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(result.report.markdown())
     print(f"report: {result.report_uri}" + (f"  (MLflow run {result.run_id})" if result.run_id else ""))
+    if result.ui:
+        print(result.ui)
     return 0
 
 

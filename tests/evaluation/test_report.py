@@ -82,6 +82,13 @@ def test_report_tables_from_constructed_posteriors():
     assert t6.rows[0][2] == expected
     assert "| D | [256;512] | 256,384 | dense, flip-averaged | 0.00 | 0.00 |" in t4.markdown()
     assert t6.csv().splitlines()[0] == "combined models,method,top-1 err (%),top-5 err (%)"
+    # MLflow's table view reads a column name with a dot as a path into nested data: it would render blank.
+    assert not any("." in c for t in report.tables for c in t.columns)
+    # Errors in %, as in the tables, under names MLflow groups by net.
+    assert cells[("d", 256, DENSE)].metrics() == {"top1_err_pct": 50.0, "top5_err_pct": 0.0, "images": 2.0,
+                                                  "top1_err_pct_noflip": 50.0, "top5_err_pct_noflip": 0.0}
+    assert report.summary["D S256-512/multi-crop and dense Q256-384 top1_err_pct"] == 0.0
+    assert report.summary["fusion/D S256-512 and E S256 dense top1_err_pct"] == expected
 
 
 
