@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from evaluation.config import SweepConfig, parse_args
 from evaluation.methods import METHODS, uses_flip, views_of
@@ -155,17 +156,30 @@ def methods_for(views: Sequence[str], flip: bool) -> tuple[str, ...]:
 
 
 class Progress:
-    """One status line on stderr at most every few seconds: units and images done, rate, time left."""
+    """Progress over the images to evaluate: a tqdm bar (rate, time left) on a terminal; elsewhere (a log file, a Ray
+    job's logs) a plain line at most every ``every`` seconds and for the last unit, since a bar's carriage returns
+    would fill a log with one line per redraw."""
 
-    def __init__(self, units: int, images: int, every: float = 2.0) -> None:
+    def __init__(self, units: int, images: int, every: float = 10.0, stream: TextIO | None = None) -> None:
         self.units, self.images, self.every = units, images, every
+        self.stream = stream or sys.stderr
         self.done_units = self.done_images = 0
         self.start = self.last = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=images, desc="sweep", unit="img", file=self.stream, dynamic_ncols=True,
+                            postfix=f"0/{units} units")
 
     def update(self, images: int, what: str) -> None:
-        """Count a finished unit; print when due (and always for the last one)."""
+        """Count a finished unit (``what`` names it)."""
         self.done_units += 1
         self.done_images += images
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.done_units}/{self.units} units, last {what}", refresh=False)
+            self.bar.update(images)
+            return
         now = time.monotonic()
         if now - self.last < self.every and self.done_units < self.units:
             return
@@ -173,7 +187,12 @@ class Progress:
         rate = self.done_images / max(now - self.start, 1e-9)
         left = (self.images - self.done_images) / rate if rate > 0 else float("nan")
         print(f"sweep: {self.done_units}/{self.units} units, {self.done_images}/{self.images} images "
-              f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=sys.stderr, flush=True)
+              f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the bar (plain lines need no end)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence[Unit]) -> None:
@@ -190,9 +209,9 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
         return (u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard], plan.limits[u.shard], u.q,
                 methods_for(u.views, u.flip), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint, u.flip)
 
-    progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     print(f"sweep: {len(units)} units ({len(plan.models)} nets, {gpus and 'GPU' or 'CPU'} tasks) on Ray",
           file=sys.stderr, flush=True)
+    progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     try:
         result: ShardResult
         # closing: a failed store write cancels the units still in flight at once
@@ -208,6 +227,8 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
         u, cause = e.unit, e.cause
         raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
                          f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+    finally:
+        progress.close()
 
 
 def write_report(report: Report, out: str, endpoint: str | None, local: Path) -> tuple[str, list[str]]:
@@ -303,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the sweep and print the tables; bad input prints one ``error:`` line and returns 2 (bad
     flags exit with code 2 before anything starts)."""
     cfg = parse_args(argv, prog="python -m evaluation.sweep")
+    # MLflow's own settings: the sweep prints where its run is at the end, with the command that opens it, not
+    # MLflow's links per run; and MLflow's INFO lines (creating a store's tables) are not the sweep's news.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         result = run(cfg)
     except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError, cluster.ClusterError) as e:

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ def bounded_http() -> Iterator[None]:
 class SweepData:
     """What the sweep evaluates, as its MLflow dataset input: the manifest's split, limited to the images taken."""
 
-    manifest_uri: str
+    manifest_uri: str  # the manifest file
     split: str
     data_id: str  # evaluation.posteriors.data_id: the digest
     images: int
@@ -86,9 +87,9 @@ class SweepData:
 
     @property
     def name(self) -> str:
-        """The dataset's name in MLflow: the split and the directory of its manifest."""
-        root = self.manifest_uri.rstrip("/").rsplit("/", 2)
-        return f"{root[-2] if self.manifest_uri.endswith('.json') and len(root) > 1 else root[-1]}/{self.split}"
+        """The dataset's name in MLflow: the directory of its manifest and the split (``imagenet-shards/val``)."""
+        parts = self.manifest_uri.split("/")
+        return f"{parts[-2] if len(parts) > 1 else parts[-1]}/{self.split}"
 
 
 def dataset_input(data: SweepData) -> Any:
@@ -100,7 +101,11 @@ def dataset_input(data: SweepData) -> Any:
     from mlflow.types import ColSpec, Schema
 
     schema = Schema([ColSpec(kind, name) for name, kind in SHARD_COLUMNS])
-    meta = MetaDataset(resolve_dataset_source(data.manifest_uri), name=data.name, digest=data.data_id, schema=schema)
+    with warnings.catch_warnings():
+        # MLflow registers its local source for two URI schemes and warns on every local path that both match.
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(data.manifest_uri)
+    meta = MetaDataset(source, name=data.name, digest=data.data_id, schema=schema)
     profile = {"split": data.split, "images": data.images, "classes": data.classes,
                "shards": [{"uri": uri, "rows": rows} for uri, rows in data.shards]}
     return DatasetInput(Dataset(**meta.to_dict(), profile=json.dumps(profile)),
