@@ -35,6 +35,7 @@ from evaluation.report import Cell, Report, net_name
 MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store when no tracking URI is set
 SWEEP_TAG = "verydeep.sweep"  # on every run of a sweep: the data id, so child runs of one sweep can be found
 NOTE_TAG = "mlflow.note.content"  # a run's description in MLflow's UI (markdown)
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"  # the UI's "Machine learning" experiments
 MAX_NOTE = 8000  # MLflow's limit on a tag value
 DATASET_CONTEXT = "evaluation"
 PROBE_TIMEOUT_S = 5.0
@@ -176,6 +177,8 @@ class SweepRun:
         def open_run() -> None:
             exp = self.client.get_experiment_by_name(self.experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+            if not exp or KIND_TAG not in exp.tags:  # else MLflow's UI guesses, and took the sweep for GenAI evals
+                self.client.set_experiment_tag(self.experiment_id, KIND_TAG, KIND)
             run = self.client.create_run(self.experiment_id, run_name=self.run_name,
                                          tags={SWEEP_TAG: self.data, NOTE_TAG: note(description)})
             self.run_id = run.info.run_id

@@ -41,6 +41,7 @@ def check_mlflow(uri: str, files: list[Path], manifest: str) -> None:
     dataset input; one child per (net, Q, method), named as the paper writes a row, errors in %."""
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("eval-test")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's machine-learning pages
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
