@@ -9,7 +9,7 @@ Stages, each the command a user would type (printed before it runs), each reused
 1. ``python -m pipeline.digits``   scikit-learn's digits rendered as an ImageNet-layout tree (no download)
 2. ``python -m pipeline.prepare``  that tree -> Parquet shards + manifest (Sec. 3.1's data, as for ImageNet)
 3. ``python -m trainer.run``       net A scaled down (trainer/recipes/demo_digits.yaml), the paper's schedule logic
-4. ``python -m evaluation.sweep``  dense and multi-crop at three Q, flips (Sec. 3.2, Tables 3-5's protocol)
+4. ``python -m evaluation.sweep``  dense and multi-crop at three Q, flips as in training (Sec. 3.2, Tables 3-5)
 
 and finally the results table and the command that opens the MLflow UI on these runs.
 """
@@ -114,7 +114,7 @@ def local(out: Path, train_flags: list[str], sweep_flags: list[str]) -> str:
     run_id = model_run(str(out / "runs"), tracking)
     run(python("evaluation.sweep", "--model", f"runs:/{run_id}", "--data", str(out / "shards"), "--out",
                str(out / "sweep"), "--tracking-uri", tracking, "--run-name", "demo-sweep", *sweep_flags),
-        "4/4 evaluation sweep: dense and multi-crop at three Q, flips", out)
+        "4/4 evaluation sweep: dense and multi-crop at three Q, flips as in training", out)
     return tracking
 
 

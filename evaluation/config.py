@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evaluation.methods import METHODS
+from evaluation.methods import FLIPS, METHODS
 from pipeline.cli import Checked, check_http_url, option, parse
 from pipeline.cluster import ADDRESS_FORMS, is_address
 from pipeline.decode import BACKENDS
 
+WHAT, RESULTS, RUNNING = "what to evaluate", "where the results go", "how it runs"  # --help's groups
 DESCRIPTION = ("Evaluate trained VGG nets densely and with 150 crops at several test scales, fuse them, and report the "
                "paper's Tables 3-6 (Sec. 3.2, 4.1-4.4).")
 
@@ -24,29 +25,41 @@ class SweepConfig(Checked):
 
     model: tuple[str, ...] = option(
         (), "a trained net: model or checkpoint directory (local or s3://), runs:/<MLflow run id> or a run id; "
-        "repeat for several nets", metavar="CKPT_OR_RUN", repeat=True)
-    data: str = option("", "the shard manifest (manifest.json or its directory, local or s3://)", metavar="MANIFEST")
+        "required, repeat for several nets", metavar="CKPT_OR_RUN", repeat=True, group=WHAT)
+    data: str = option("", "the shard manifest (manifest.json or its directory, local or s3://); required",
+                       metavar="MANIFEST", group=WHAT)
     scales: tuple[int, ...] = option(
         (), "test scales Q (shorter image side); default per net from its training scale: S-32, S, S+32 for fixed S, "
-        "Smin, (Smin+Smax)/2, Smax for jittered S (Sec. 4.2)", metavar="Q")
-    methods: tuple[str, ...] = option(METHODS, "evaluation methods (Sec. 3.2)", choices=METHODS)
-    split: str = option("val", "the manifest split to evaluate")
-    out: str = option("sweep", "results directory (local or s3://): posteriors/, tables, plot", metavar="DIR")
-    max_images: int | None = option(None, "evaluate only the split's first N images (smoke runs)", metavar="N")
-    batch_size: int = option(32, "images per dense forward pass (equal shapes only)")
-    max_crops: int = option(250, "crops per multi-crop forward pass")
-    decoder: str = option("auto", "JPEG decoder: auto = DALI on GPUs, the CPU decoder on CPUs", choices=BACKENDS)
-    gpus_per_task: float = option(1.0, "GPUs per (net, Q, shard) task when the cluster has GPUs")
+        "Smin, (Smin+Smax)/2, Smax for jittered S (Sec. 4.2)", metavar="Q", group=WHAT)
+    methods: tuple[str, ...] = option(METHODS, f"evaluation methods (Sec. 3.2), one or more of: {', '.join(METHODS)}",
+                                      choices=METHODS, metavar="METHOD", group=WHAT)
+    flip: str = option(
+        "auto", "horizontal flips at test time: auto = as each net was trained (its model card; the paper's nets: on), "
+        "on = dense flip-averaged and multi-crop's 50 crops per scale (5x5 grid x 2 flips; Sec. 3.2), off = dense on "
+        "the image alone and the grid's 25 crops", choices=FLIPS, group=WHAT)
+    split: str = option("val", "the manifest split to evaluate", group=WHAT)
+    out: str = option("sweep", "results directory (local or s3://): posteriors/, tables, plot", metavar="DIR",
+                      group=RESULTS)
+    max_images: int | None = option(None, "evaluate only the split's first N images (smoke runs); default all",
+                                    metavar="N", group=WHAT)
+    batch_size: int = option(32, "images per dense forward pass (equal shapes only)", group=RUNNING)
+    max_crops: int = option(250, "crops per multi-crop forward pass", group=RUNNING)
+    decoder: str = option("auto", "JPEG decoder: auto = DALI on GPUs, the CPU decoder on CPUs", choices=BACKENDS,
+                          group=RUNNING)
+    gpus_per_task: float = option(1.0, "GPUs per (net, Q, shard) task when the cluster has GPUs", group=RUNNING)
     ray_address: str | None = option(
         None, "Ray to use: auto = the cluster running on this machine, local = a Ray of this sweep's own, host:port or "
         "ray://host:port = that cluster (default: RAY_ADDRESS, else a running cluster, else a local Ray)",
-        metavar="ADDR")
-    mlflow: bool = option(True, "log the sweep to MLflow (parent run, child run per net, Q and method)")
-    tracking_uri: str | None = option(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI); also resolves "
-                                      "runs:/ model sources", metavar="URI")
-    experiment: str = option("verydeep-eval", "MLflow experiment")
-    run_name: str | None = option(None, "MLflow name of the sweep's parent run", metavar="NAME")
-    s3_endpoint: str | None = option(None, "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)", metavar="URL")
+        metavar="ADDR", group=RUNNING)
+    mlflow: bool = option(True, "log the sweep to MLflow (parent run, child run per net, Q and method)",
+                          group=RESULTS)
+    tracking_uri: str | None = option(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db"
+                                      "); also resolves runs:/ model sources", metavar="URI", group=RESULTS)
+    experiment: str = option("verydeep-eval", "MLflow experiment", metavar="NAME", group=RESULTS)
+    run_name: str | None = option(None, "MLflow name of the sweep's parent run (default: sweep <data id>)",
+                                  metavar="NAME", group=RESULTS)
+    s3_endpoint: str | None = option(None, "S3-compatible endpoint URL (default: AWS_ENDPOINT_URL)", metavar="URL",
+                                     group=RUNNING)
 
     def check(self) -> None:
         check_http_url("s3_endpoint", self.s3_endpoint)

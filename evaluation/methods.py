@@ -4,7 +4,10 @@ The methods themselves (dense with its flip, the 5x5x2 crops; Sec. 3.2) are ``vg
 training's validation calls too. What the sweep adds:
 
 - the views it stores per image: dense flip-averaged and dense alone (as validation sees it without ``val_flip``),
-  multi-crop;
+  multi-crop over 50 crops per scale (5x5 grid x 2 flips) or over the 25 of the grid alone;
+- which views a net gets: flips at test time only for a net trained with them (its card's ``flip``), unless the
+  sweep's ``--flip`` says otherwise: the mirror image of a digit is another digit, and a net that never saw mirrors
+  scores them as such;
 - combinations (multi-crop & dense, multi-scale, fusion of nets): plain averages of posteriors; top-k errors.
 
 Images of one batch must share a shape (``vgg.evaluate.stack_by_shape``).
@@ -18,28 +21,64 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg.evaluate import dense_views, flip_average, multicrop_posteriors
+from vgg.evaluate import dense_posteriors, dense_views, flip_average, multicrop_posteriors
 from vgg.protocol import GRID
 
 DENSE, MULTICROP = "dense", "multicrop"
 METHODS = (DENSE, MULTICROP)
 COMBINED = "multicrop+dense"  # the posterior average of the two (Table 5's "multi-crop & dense")
 DENSE_NOFLIP = "dense_noflip"  # dense on the image alone: stored beside dense, as the trainer's validation sees it
-# What each method stores per image: dense keeps its unflipped half too (it costs nothing more).
-VIEWS: dict[str, tuple[str, ...]] = {DENSE: (DENSE, DENSE_NOFLIP), MULTICROP: (MULTICROP,)}
-LABELS = {DENSE: "dense", MULTICROP: "multi-crop", COMBINED: "multi-crop & dense", DENSE_NOFLIP: "dense (no flip)"}
+MULTICROP_NOFLIP = "multicrop_noflip"  # the 25 crops of the grid without their mirror images
+FLIPS = ("auto", "on", "off")  # --flip: as the net was trained (its card), always (the paper's), never
 CROPS_PER_SCALE = GRID * GRID * 2  # 50: Sec. 3.2
 
 
+def views_of(methods: Sequence[str], flip: bool = True) -> tuple[str, ...]:
+    """Every stored view the methods produce; dense with flips keeps its unflipped half too (it costs nothing more)."""
+    out: list[str] = []
+    if DENSE in methods:
+        out += [DENSE, DENSE_NOFLIP] if flip else [DENSE_NOFLIP]
+    if MULTICROP in methods:
+        out.append(MULTICROP if flip else MULTICROP_NOFLIP)
+    return tuple(out)
+
+
+def view_of(method: str, flip: bool) -> str:
+    """The stored view that is a method's posteriors (``dense`` or ``multicrop``) with or without flips."""
+    return {DENSE: DENSE if flip else DENSE_NOFLIP, MULTICROP: MULTICROP if flip else MULTICROP_NOFLIP}[method]
+
+
+def uses_flip(setting: str, trained_with_flip: bool) -> bool:
+    """Whether a net is evaluated with flips: ``--flip auto`` follows its training, ``on`` / ``off`` decide."""
+    return trained_with_flip if setting == "auto" else setting == "on"
+
+
+def label(method: str, flip: bool) -> str:
+    """How tables name a method: dense says whether it was flip-averaged, multi-crop how many crops per scale."""
+    if method == MULTICROP:
+        return f"multi-crop, {CROPS_PER_SCALE if flip else CROPS_PER_SCALE // 2} crops/scale"
+    base = {DENSE: "dense", COMBINED: "multi-crop & dense"}[method]
+    return f"{base}, flip-averaged" if flip else base
+
+
+def short_name(method: str) -> str:
+    """A method as MLflow run names and the plot's legend give it (the flip setting is a param beside it)."""
+    return {DENSE: "dense", MULTICROP: "multi-crop", COMBINED: "multi-crop & dense"}[method]
+
+
 def evaluate_batch(model: nn.Module, images: torch.Tensor, crop: int, methods: Sequence[str],
-                   max_crops: int = 250) -> dict[str, torch.Tensor]:
-    """Posteriors of every view the ``methods`` store, for one batch of equally sized rescaled images."""
+                   max_crops: int = 250, flip: bool = True) -> dict[str, torch.Tensor]:
+    """Posteriors of every view the ``methods`` store (``views_of``), for one batch of equally sized rescaled
+    images; without ``flip`` no mirror image is evaluated."""
     out: dict[str, torch.Tensor] = {}
     if DENSE in methods:
-        plain, mirrored = dense_views(model, images)
-        out[DENSE], out[DENSE_NOFLIP] = flip_average(plain, mirrored), plain
+        if flip:
+            plain, mirrored = dense_views(model, images)
+            out[DENSE], out[DENSE_NOFLIP] = flip_average(plain, mirrored), plain
+        else:
+            out[DENSE_NOFLIP] = dense_posteriors(model, images, flip=False)
     if MULTICROP in methods:
-        out[MULTICROP] = multicrop_posteriors(model, images, crop, max_crops)
+        out[view_of(MULTICROP, flip)] = multicrop_posteriors(model, images, crop, max_crops, flip=flip)
     return out
 
 

@@ -6,8 +6,8 @@ Layout under the results directory (local or s3://)::
 
 ``data id`` names the split and hashes its shards' checksums, what storage reports of each shard now (size, and ETag
 or modification time) and any image limit; ``model id`` hashes the net's card and weights: a posterior is reused only
-for the same images and the same net. Views are ``dense``, ``dense_noflip`` and ``multicrop``
-(``evaluation.methods.VIEWS``). One file per image shard, written when that shard is done, so an
+for the same images and the same net. Views are ``dense``, ``dense_noflip``, ``multicrop`` and ``multicrop_noflip``
+(``evaluation.methods.views_of``). One file per image shard, written when that shard is done, so an
 interrupted sweep keeps everything it finished and a rerun computes only the missing (net, Q, shard, view) files.
 Multi-scale, multi-crop & dense and fusion results are averages of stored files: no net runs again for them.
 """

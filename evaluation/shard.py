@@ -1,8 +1,9 @@
 """One unit of the sweep: a net, a test scale Q and a shard of images -> posteriors of every requested view.
 
 Each image is decoded and rescaled once per Q, and that one tensor serves every method (dense and its flip, the 50
-crops). Images are ordered by their rescaled shape (known from the stored height and width before decoding), so
-batches hold equal shapes without padding: dense evaluation of an image must see only that image.
+crops; without flips dense alone and 25 crops). Images are ordered by their rescaled shape (known from the stored
+height and width before decoding), so batches hold equal shapes without padding: dense evaluation of an image must
+see only that image.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from evaluation.methods import VIEWS, evaluate_batch
+from evaluation.methods import evaluate_batch, views_of
 from pipeline.decode import EvalDecoder, make_eval_decoder, resolve_device
 from pipeline.shards import COLUMNS
 from pipeline.verify import read_table
@@ -33,11 +34,6 @@ class ShardResult:
     seconds: float = 0.0
 
 
-def views_of(methods: Sequence[str]) -> tuple[str, ...]:
-    """Every stored view the methods produce."""
-    return tuple(v for m in methods for v in VIEWS[m])
-
-
 def decoder_for(backend: str, card: ModelCard, device: torch.device) -> EvalDecoder:
     """The eval decoder for a card's mean and std on ``device``; ``pipeline.decode.resolve_backend`` picks "auto"."""
     return make_eval_decoder(backend, mean=card.mean, std=card.std, device=device)
@@ -52,9 +48,10 @@ def shape_batches(heights: Sequence[int], widths: Sequence[int], q: int, batch_s
 
 def evaluate_images(model: VGG, decoder: EvalDecoder, images: Sequence[bytes], heights: Sequence[int],
                     widths: Sequence[int], keys: Sequence[str], q: int, methods: Sequence[str],
-                    batch_size: int = 32, max_crops: int = 250) -> dict[str, np.ndarray]:
-    """Posteriors (N, C) float32 per view for encoded images at test scale ``q``: each decoded once."""
-    n, views = len(images), views_of(methods)
+                    batch_size: int = 32, max_crops: int = 250, flip: bool = True) -> dict[str, np.ndarray]:
+    """Posteriors (N, C) float32 per view for encoded images at test scale ``q``: each decoded once; mirror images
+    only with ``flip``."""
+    n, views = len(images), views_of(methods, flip)
     out = {v: np.empty((n, model.num_classes), np.float32) for v in views}
     with torch.inference_mode():
         for idx in shape_batches(heights, widths, q, batch_size):
@@ -62,7 +59,7 @@ def evaluate_images(model: VGG, decoder: EvalDecoder, images: Sequence[bytes], h
             # The stored size predicts the decoded one; regroup by the real shapes all the same, never pad.
             for members, batch in stack_by_shape(decoded):
                 batch = batch.contiguous(memory_format=torch.channels_last)
-                probs = evaluate_batch(model, batch, model.crop, methods, max_crops)
+                probs = evaluate_batch(model, batch, model.crop, methods, max_crops, flip)
                 rows = [idx[j] for j in members]
                 for v in views:
                     out[v][rows] = probs[v].float().cpu().numpy()
@@ -92,7 +89,7 @@ def build_model(card: ModelCard, state: dict[str, torch.Tensor], device: torch.d
 
 def evaluate_shard(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: str, limit: int | None, q: int,
                    methods: Sequence[str], decoder: str = "auto", batch_size: int = 32, max_crops: int = 250,
-                   endpoint: str | None = None) -> ShardResult:
+                   endpoint: str | None = None, flip: bool = True) -> ShardResult:
     """The whole unit: read the shard, build the net on this worker's device, evaluate every image at Q."""
     import time
 
@@ -102,5 +99,5 @@ def evaluate_shard(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: st
     model = build_model(card, state, device)
     rows = read_shard(shard_uri, limit, endpoint)
     probs = evaluate_images(model, decoder_for(decoder, card, device), rows["image"], rows["height"], rows["width"],
-                            rows["key"], q, methods, batch_size, max_crops)
+                            rows["key"], q, methods, batch_size, max_crops, flip)
     return ShardResult(rows["key"], np.asarray(rows["label"], np.int32), probs, time.perf_counter() - start)

@@ -22,14 +22,15 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from evaluation.config import SweepConfig, parse_args
-from evaluation.methods import METHODS
+from evaluation.methods import METHODS, uses_flip, views_of
 from evaluation.models import LoadedModel, ModelError, default_scales, label_models, load
 from evaluation.posteriors import PosteriorStore, data_id, shard_limits
 from evaluation.report import Report, ReportError, build_report
-from evaluation.shard import ShardResult, evaluate_shard, views_of
-from evaluation.tracking import log_sweep
+from evaluation.shard import ShardResult, evaluate_shard
+from evaluation.tracking import MLFLOW_DEFAULT_URI, SweepData, SweepRun
 from pipeline import cluster, storage
 from pipeline.cli import to_params
 from pipeline.manifest import Manifest, ManifestError, load_manifest
@@ -37,7 +38,6 @@ from pipeline.units import UnitError, run_units
 from pipeline.verify import ShardError, error_line, inspect_shards
 
 REPORT_DIR = "report"
-MLFLOW_DEFAULT_URI = "sqlite:///mlflow.db"  # MLflow's own default store when no tracking URI is set
 
 
 class SweepError(ValueError):
@@ -46,12 +46,14 @@ class SweepError(ValueError):
 
 @dataclass(frozen=True)
 class Unit:
-    """One task: a net, a test scale, an image shard, and the views that shard still lacks."""
+    """One task: a net, a test scale, an image shard, the views that shard still lacks, and whether the net is
+    evaluated with flips."""
 
     model: LoadedModel
     q: int
     shard: int
     views: tuple[str, ...]
+    flip: bool
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Plan:
     shard_uris: list[str]
     limits: list[int]  # rows taken from each shard
     data: str  # data id of the posterior store
+    flips: dict[str, bool]  # model id -> evaluated with horizontal flips (as trained, unless --flip on/off)
 
     @property
     def shards(self) -> list[int]:
@@ -80,6 +83,7 @@ class SweepResult:
     report_uri: str
     run_id: str | None = None
     files: list[str] = field(default_factory=list)
+    ui: str | None = None  # how to open the parent run in MLflow's UI
 
 
 def check_models(models: Sequence[LoadedModel], manifest: Manifest) -> None:
@@ -130,37 +134,51 @@ def make_plan(cfg: SweepConfig) -> Plan:
     limits = shard_limits([s.rows for s in split.shards], cfg.max_images)
     observed = inspect_shards(manifest, [cfg.split], cfg.s3_endpoint)  # every footer readable, before any compute
     return Plan(manifest, models, choose_scales(cfg, models), manifest.shard_uris(cfg.split), limits,
-                data_id(manifest, cfg.split, cfg.max_images, observed))
+                data_id(manifest, cfg.split, cfg.max_images, observed),
+                {m.model_id: uses_flip(cfg.flip, m.card.flip) for m in models})
 
 
 def pending_units(plan: Plan, store: PosteriorStore, methods: Sequence[str]) -> list[Unit]:
     """Every (net, Q, shard) that lacks a stored view, with the views it lacks."""
-    views = views_of(methods)
     units = []
     for m in plan.models:
+        flip = plan.flips[m.model_id]
         for q in plan.scales[m.model_id]:
-            for shard, lack in store.missing(m.model_id, q, views, plan.shards).items():
-                units.append(Unit(m, q, shard, lack))
+            for shard, lack in store.missing(m.model_id, q, views_of(methods, flip), plan.shards).items():
+                units.append(Unit(m, q, shard, lack, flip))
     return units
 
 
-def methods_for(views: Sequence[str]) -> tuple[str, ...]:
+def methods_for(views: Sequence[str], flip: bool) -> tuple[str, ...]:
     """The methods that produce the given views (dense's two views come together)."""
-    return tuple(m for m in METHODS if any(v in views for v in views_of([m])))
+    return tuple(m for m in METHODS if any(v in views for v in views_of([m], flip)))
 
 
 class Progress:
-    """One status line on stderr at most every few seconds: units and images done, rate, time left."""
+    """Progress over the images to evaluate: a tqdm bar (rate, time left) on a terminal; elsewhere (a log file, a Ray
+    job's logs) a plain line at most every ``every`` seconds and for the last unit, since a bar's carriage returns
+    would fill a log with one line per redraw."""
 
-    def __init__(self, units: int, images: int, every: float = 2.0) -> None:
+    def __init__(self, units: int, images: int, every: float = 10.0, stream: TextIO | None = None) -> None:
         self.units, self.images, self.every = units, images, every
+        self.stream = stream or sys.stderr
         self.done_units = self.done_images = 0
         self.start = self.last = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=images, desc="sweep", unit="img", file=self.stream, dynamic_ncols=True,
+                            postfix=f"0/{units} units")
 
     def update(self, images: int, what: str) -> None:
-        """Count a finished unit; print when due (and always for the last one)."""
+        """Count a finished unit (``what`` names it)."""
         self.done_units += 1
         self.done_images += images
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.done_units}/{self.units} units, last {what}", refresh=False)
+            self.bar.update(images)
+            return
         now = time.monotonic()
         if now - self.last < self.every and self.done_units < self.units:
             return
@@ -168,7 +186,12 @@ class Progress:
         rate = self.done_images / max(now - self.start, 1e-9)
         left = (self.images - self.done_images) / rate if rate > 0 else float("nan")
         print(f"sweep: {self.done_units}/{self.units} units, {self.done_images}/{self.images} images "
-              f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=sys.stderr, flush=True)
+              f"({rate:.1f} img/s), ~{left:.0f}s left; last: {what}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """End the bar (plain lines need no end)."""
+        if self.bar is not None:
+            self.bar.close()
 
 
 def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence[Unit]) -> None:
@@ -183,11 +206,11 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
 
     def task_args(u: Unit) -> tuple:
         return (u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard], plan.limits[u.shard], u.q,
-                methods_for(u.views), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint)
+                methods_for(u.views, u.flip), cfg.decoder, cfg.batch_size, cfg.max_crops, cfg.s3_endpoint, u.flip)
 
-    progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     print(f"sweep: {len(units)} units ({len(plan.models)} nets, {gpus and 'GPU' or 'CPU'} tasks) on Ray",
           file=sys.stderr, flush=True)
+    progress = Progress(len(units), sum(plan.limits[u.shard] for u in units))
     try:
         result: ShardResult
         # closing: a failed store write cancels the units still in flight at once
@@ -203,6 +226,8 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
         u, cause = e.unit, e.cause
         raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
                          f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+    finally:
+        progress.close()
 
 
 def write_report(report: Report, out: str, endpoint: str | None, local: Path) -> tuple[str, list[str]]:
@@ -223,10 +248,56 @@ def check_outputs(cfg: SweepConfig) -> None:
         cluster.check_job_output("--tracking-uri", tracking, "an http(s):// MLflow server, or --no-mlflow")
 
 
+def describe(cfg: SweepConfig, plan: Plan, report: Report | None = None) -> str:
+    """The parent run's description (markdown): what the sweep evaluates and how; then Tables 3-6, once done."""
+    images = sum(plan.limits)
+    lines = [f"Evaluation sweep of {len(plan.models)} net{'s' * (len(plan.models) > 1)} on {images} images of "
+             f"`{cfg.split}` (`{cfg.data}`, data id `{plan.data}`)" + (", running." if report is None else "."), "",
+             "| net | source | trained with flips | evaluated with flips | test Q |", "|---|---|---|---|---|"]
+    for m in plan.models:
+        flip = plan.flips[m.model_id]
+        how = "yes (dense flip-averaged, 50 crops/scale)" if flip else "no (dense alone, 25 crops/scale)"
+        lines.append(f"| {m.label} | `{m.source}` | {'yes' if m.card.flip else 'no'} | {how} | "
+                     f"{','.join(map(str, plan.scales[m.model_id]))} |")
+    if report is not None:
+        lines += ["", report.markdown()]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_data(cfg: SweepConfig, plan: Plan) -> SweepData:
+    """The split as the sweep reads it, for MLflow's dataset input."""
+    shards = tuple((plan.shard_uris[i], plan.limits[i]) for i in plan.shards)
+    return SweepData(manifest_uri(cfg.data), cfg.split, plan.data, sum(plan.limits), shards,
+                     plan.manifest.num_classes)
+
+
+def manifest_uri(data: str) -> str:
+    """The manifest file a ``--data`` names (it may name its directory), absolute when local."""
+    uri = data if data.endswith(".json") else storage.join(data, "manifest.json")
+    return uri if storage.is_s3(uri) else str(Path(uri).resolve())
+
+
 def run(cfg: SweepConfig) -> SweepResult:
-    """Plan, compute what is missing, report, log: the whole sweep."""
+    """Plan, compute what is missing, report, log: the whole sweep; the MLflow parent run spans it."""
     check_outputs(cfg)
     plan = make_plan(cfg)
+    tracked = SweepRun(cfg.tracking_uri, cfg.experiment, cfg.run_name or f"sweep {plan.data}", plan.data,
+                       storage.join(cfg.out, REPORT_DIR)) if cfg.mlflow else None
+    if tracked:
+        tracked.start(to_params(cfg), sweep_data(cfg, plan), describe(cfg, plan))
+    try:
+        result = evaluate(cfg, plan, tracked)
+    except BaseException as e:
+        if tracked:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            tracked.end("KILLED" if interrupted else "FAILED",
+                        "interrupted" if interrupted else f"{type(e).__name__}: {' '.join(str(e).split())[:500]}")
+        raise
+    return result
+
+
+def evaluate(cfg: SweepConfig, plan: Plan, tracked: SweepRun | None) -> SweepResult:
+    """Compute what the store lacks, report, and log the results into the open parent run."""
     store = PosteriorStore(cfg.out, plan.data, cfg.s3_endpoint)
     units = pending_units(plan, store, cfg.methods)
     total = sum(len(plan.scales[m.model_id]) for m in plan.models) * len(plan.shards)
@@ -234,23 +305,24 @@ def run(cfg: SweepConfig) -> SweepResult:
           f"units, {len(units)} to compute ({total - len(units)} stored)", file=sys.stderr, flush=True)
     compute(cfg, plan, store, units)
 
-    report = build_report(plan.models, plan.scales, cfg.methods, store.loader(plan.shards))
+    report = build_report(plan.models, plan.scales, cfg.methods, store.loader(plan.shards), plan.flips)
     local_root = None if storage.is_s3(cfg.out) else Path(storage.join(cfg.out, REPORT_DIR))
     with tempfile.TemporaryDirectory(prefix="verydeep-report-") as tmp:
         local = local_root or Path(tmp)
         uri, files = write_report(report, cfg.out, cfg.s3_endpoint, local)
-        run_id = None
-        if cfg.mlflow:
-            run_id = log_sweep(report, to_params(cfg), local, tracking_uri=cfg.tracking_uri, experiment=cfg.experiment,
-                               run_name=cfg.run_name, data=plan.data)
+        run_id = tracked.finish(report, local, describe(cfg, plan, report)) if tracked else None
     computed = [(u.model.model_id, u.q, u.shard) for u in units]
-    return SweepResult(report, computed, uri, run_id, files)
+    return SweepResult(report, computed, uri, run_id, files, tracked.ui_hint() if tracked else None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: run the sweep and print the tables; bad input prints one ``error:`` line and returns 2 (bad
     flags exit with code 2 before anything starts)."""
     cfg = parse_args(argv, prog="python -m evaluation.sweep")
+    # MLflow's own settings: the sweep prints where its run is at the end, with the command that opens it, not
+    # MLflow's links per run; and MLflow's INFO lines (creating a store's tables) are not the sweep's news.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         result = run(cfg)
     except (SweepError, ModelError, ManifestError, ReportError, storage.StorageError, cluster.ClusterError) as e:
@@ -258,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(result.report.markdown())
     print(f"report: {result.report_uri}" + (f"  (MLflow run {result.run_id})" if result.run_id else ""))
+    if result.ui:
+        print(result.ui)
     return 0
 
 

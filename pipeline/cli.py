@@ -82,12 +82,13 @@ def check_http_url(name: str, url: str | None) -> None:
 def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
            metavar: str | None = None, aliases: Sequence[str] = (), repeat: bool = False,
            parse: Callable[[Any], Any] | None = None, dump: Callable[[Any], Any] | None = None,
-           nargs: str | None = None) -> Any:
+           nargs: str | None = None, group: str | None = None) -> Any:
     """A dataclass field with what its flag needs: help, accepted values, metavar, older flag spellings (``aliases``),
     ``repeat`` for a tuple given as a repeated flag; ``parse`` / ``dump`` (with the flag's ``nargs``) read and write a
-    value of a type of our own. ``parse`` takes what flags, files or code give and raises ValueError(expected)."""
+    value of a type of our own. ``parse`` takes what flags, files or code give and raises ValueError(expected).
+    ``group`` titles the --help group of a field of a config without sections."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "aliases": tuple(aliases), "repeat": repeat, "parse": parse, "dump": dump, "nargs": nargs}
+            "aliases": tuple(aliases), "repeat": repeat, "parse": parse, "dump": dump, "nargs": nargs, "group": group}
     return field(default=default, metadata=meta)
 
 
@@ -391,7 +392,9 @@ def _converter(leaf: Leaf) -> Callable[[str], Any]:
 def add_flag(group: Any, leaf: Leaf) -> None:
     """The flag of one field (and its older spellings) on a parser or argument group."""
     text = leaf.meta("help") or ""
-    text = (text if leaf.required else f"{text} (default: {_default_text(leaf)})").replace("%", "%%")
+    if not leaf.required and _default_text(leaf) != "none" and "(default" not in text:  # "none" tells nothing
+        text = f"{text} (default: {_default_text(leaf)})"
+    text = text.replace("%", "%%")
     names = [flag(leaf.name), *(leaf.meta("aliases") or ())]
     if leaf.base is bool and leaf.nargs is None:
         group.add_argument(*names, dest=leaf.name, action=argparse.BooleanOptionalAction, help=text)
@@ -402,8 +405,8 @@ def add_flag(group: Any, leaf: Leaf) -> None:
         kwargs.update(type=str, nargs=leaf.meta("nargs"))
     else:
         kwargs.update(type=_converter(leaf))
-        if leaf.meta("choices"):
-            kwargs.update(choices=leaf.meta("choices"), metavar=None)
+        if leaf.meta("choices"):  # argparse lists them as the metavar unless the field names one
+            kwargs.update(choices=leaf.meta("choices"), metavar=leaf.meta("metavar"))
         if leaf.nargs is not None:
             kwargs.update(action="append") if leaf.meta("repeat") else kwargs.update(nargs=leaf.nargs)
     group.add_argument(*names, **kwargs)
@@ -411,12 +414,15 @@ def add_flag(group: Any, leaf: Leaf) -> None:
 
 def build_parser(schema: type, prog: str | None = None, description: str | None = None,
                  **kwargs: Any) -> OneLineParser:
-    """One flag per field, grouped by section; only the flags given reach the namespace (so that they override)."""
+    """One flag per field, grouped by section or ``group``; only the flags given reach the namespace (to override)."""
     parser = OneLineParser(prog=prog, description=description, argument_default=argparse.SUPPRESS, **kwargs)
     groups = {s: parser.add_argument_group(s, (inspect.getdoc(cls) or "").splitlines()[0])
               for s, cls in sections(schema).items()}
     for leaf in leaves(schema).values():
-        add_flag(groups[leaf.section] if leaf.section else parser, leaf)
+        name = leaf.section or leaf.meta("group")
+        if name is not None and name not in groups:
+            groups[name] = parser.add_argument_group(name)
+        add_flag(groups[name] if name is not None else parser, leaf)
     return parser
 
 

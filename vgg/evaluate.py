@@ -5,8 +5,8 @@ Images come in already rescaled to the test scale Q and mean-subtracted; soft-ma
 - dense: the fully-convolutional net on the whole image, its class-score map spatially averaged, soft-max; with flip,
   averaged with the same for the horizontally flipped image.
 - descriptors (Appendix B): the dense net without its last layer, its FC7 map averaged over space and over the flip.
-- multi-crop: a 5x5 regular grid of crop x crop windows over the image, each also flipped (50 crops per scale),
-  soft-max posteriors averaged.
+- multi-crop: a 5x5 regular grid of crop x crop windows over the image, each also flipped (50 crops per scale;
+  25 without the flip, for nets trained without flips), soft-max posteriors averaged.
 
 Training's validation and the evaluation sweep both call these, so the two numbers are the same computation.
 Images of one batch share a shape: dense evaluation pads nothing (zeros at an image's border would change its score
@@ -69,18 +69,19 @@ def grid_crop_batch(images: torch.Tensor, crop: int, n: int = GRID) -> torch.Ten
 
 
 def multicrop_posteriors(model: nn.Module, images: torch.Tensor, crop: int, max_crops: int = 250,
-                         n: int = GRID) -> torch.Tensor:
-    """Average soft-max over the n x n grid crops and their mirror images (50 per image at n=5): (N, C).
+                         n: int = GRID, flip: bool = True) -> torch.Tensor:
+    """Average soft-max over the n x n grid crops and, when ``flip``, their mirror images (50 per image at n=5;
+    25 without the mirrors): (N, C).
 
     ``max_crops`` bounds one forward pass (memory); the crops of a few images go through together.
     """
-    per_image = 2 * n * n
-    step = max(1, max_crops // per_image)
+    views = 2 if flip else 1
+    step = max(1, max_crops // (views * n * n))
     out = []
     for start in range(0, images.shape[0], step):
         crops = grid_crop_batch(images[start : start + step], crop, n).flatten(0, 1)
-        probs = _at_least_fp32(model(torch.cat([crops, crops.flip(3)]))).softmax(dim=1)
-        out.append(probs.view(2, -1, n * n, probs.shape[1]).mean(dim=(0, 2)))
+        probs = _at_least_fp32(model(torch.cat([crops, crops.flip(3)]) if flip else crops)).softmax(dim=1)
+        out.append(probs.view(views, -1, n * n, probs.shape[1]).mean(dim=(0, 2)))
     return torch.cat(out)
 
 

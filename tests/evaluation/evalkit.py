@@ -21,12 +21,12 @@ def tiny_net(num_classes: int, seed: int = 0, arch: str = "A") -> torch.nn.Modul
 
 
 def card_for(manifest_path: str, smin: int = 32, smax: int = 48, classes: tuple[str, ...] | None = None,
-             info: dict | None = None, arch: str = "A") -> ModelCard:
-    """A card for a tiny net trained on the tiny set's classes and mean."""
+             info: dict | None = None, arch: str = "A", flip: bool = True) -> ModelCard:
+    """A card for a tiny net trained on the tiny set's classes and mean (with flips unless ``flip`` is False)."""
     m = load_manifest(manifest_path)
     return ModelCard(arch=arch, num_classes=m.num_classes, crop=CROP, smin=smin, smax=smax,
                      mean=tuple(m.stats.mean_rgb), width=0.125, fc_width=32,
-                     classes=tuple(m.wnids) if classes is None else classes, info=info or {})
+                     classes=tuple(m.wnids) if classes is None else classes, flip=flip, info=info or {})
 
 
 def split_rows(manifest_path: str, split: str) -> dict[str, list]:

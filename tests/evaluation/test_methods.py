@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.methods import CROPS_PER_SCALE, DENSE, DENSE_NOFLIP, MULTICROP, average, evaluate_batch, topk_errors
+from evaluation.methods import (CROPS_PER_SCALE, DENSE, DENSE_NOFLIP, MULTICROP, MULTICROP_NOFLIP, average,
+                                evaluate_batch, topk_errors)
 from evaluation.shard import evaluate_images, shape_batches
 from pipeline.decode import make_eval_decoder
 from vgg.evaluate import multicrop_posteriors
@@ -73,6 +74,22 @@ def test_fifty_crops_per_scale_and_150_over_three_scales():
                     [DENSE])
     assert counter.dense == 2 * len(jpegs)  # each image and its mirror, once
 
+
+
+def test_without_flips_no_mirror_image_is_evaluated():
+    """A net trained without flips: 25 crops per scale and one dense pass per image, stored as views of their own."""
+    rng = np.random.default_rng(2)
+    sizes = [(40, 60), (75, 50)]
+    jpegs = [encode(natural(rng, h, w)) for h, w in sizes]
+    counter = CropCounter(tiny_net(4))
+    decoder = make_eval_decoder("cpu", mean=MEAN, device="cpu")
+    out = evaluate_images(counter, decoder, jpegs, [h for h, _ in sizes], [w for _, w in sizes], ["a", "b"], 40,
+                          [DENSE, MULTICROP], max_crops=64, flip=False)
+    assert set(out) == {DENSE_NOFLIP, MULTICROP_NOFLIP}
+    assert counter.crops == CROPS_PER_SCALE // 2 * len(jpegs) and counter.dense == len(jpegs)
+    flipped = evaluate_images(tiny_net(4), decoder, jpegs, [h for h, _ in sizes], [w for _, w in sizes], ["a", "b"],
+                              40, [DENSE])
+    np.testing.assert_allclose(out[DENSE_NOFLIP], flipped[DENSE_NOFLIP], rtol=1e-5, atol=1e-6)  # the same half
 
 def test_flip_averaging():
     model = net64(6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, MULTICROP
+from evaluation.methods import COMBINED, DENSE, DENSE_NOFLIP, MULTICROP, MULTICROP_NOFLIP, uses_flip
 from evaluation.models import LoadedModel, default_scales, label_models
 from evaluation.posteriors import PosteriorStore, Posteriors, data_id, from_parquet, shard_limits, to_parquet
 from evaluation.report import build_report, fusion_sets, method_posteriors
@@ -17,8 +17,8 @@ KEYS = np.array(["a", "b"])
 LABELS = np.array([0, 1])
 
 
-def model(arch: str, smin: int, smax: int, mid: str) -> LoadedModel:
-    card = ModelCard(arch=arch, num_classes=3, crop=224, smin=smin, smax=smax, mean=(0.0, 0.0, 0.0))
+def model(arch: str, smin: int, smax: int, mid: str, flip: bool = True) -> LoadedModel:
+    card = ModelCard(arch=arch, num_classes=3, crop=224, smin=smin, smax=smax, mean=(0.0, 0.0, 0.0), flip=flip)
     return LoadedModel(mid, mid, card, {}, mid, f"{arch}/{TrainScale(smin, smax)}")
 
 
@@ -34,6 +34,11 @@ P = {
 for (m, q, v), probs in list(P.items()):
     if v == DENSE:
         P[(m, q, DENSE_NOFLIP)] = probs
+# Net "n" was trained without flips: only its views without mirror images are stored, and they differ from "n"'s
+# flip-averaged dense (stored too, as after a sweep with --flip on), so a table shows which one it used.
+P[("n", 256, DENSE_NOFLIP)] = [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]  # both right
+P[("n", 256, MULTICROP_NOFLIP)] = [[0.2, 0.3, 0.5], [0.2, 0.7, 0.1]]  # image a wrong
+P[("n", 256, DENSE)] = [[0.1, 0.3, 0.6], [0.7, 0.2, 0.1]]  # both wrong
 
 
 def loader(model_id: str, q: int, view: str) -> Posteriors:
@@ -61,19 +66,53 @@ def test_report_tables_from_constructed_posteriors():
     assert cells[("e", 256, DENSE)].top1_err == 1.0 and cells[("e", 256, DENSE)].top5_err == 0.0  # 3 classes < 5
     assert cells[("d", 256, DENSE)].extra == {"top1_err_noflip": 0.5, "top5_err_noflip": 0.0}
     t3, t4, t5, t6 = report.tables
-    assert [r[:4] for r in t3.rows][:3] == [["D", "[256;512]", 256, "dense"], ["D", "[256;512]", 256, "dense (no flip)"],
-                                            ["D", "[256;512]", 256, "multi-crop"]]
-    assert len(t3.rows) == 9  # 3 (net, Q) x dense, dense (no flip), multi-crop
-    assert t4.rows == [["D", "[256;512]", "256,384", "dense", 0.0, 0.0],
-                       ["D", "[256;512]", "256,384", "multi-crop", 0.0, 0.0]]  # E has one scale: no Table 4 row
-    assert [r[3] for r in t5.rows] == ["dense", "multi-crop", "multi-crop & dense"] * 2
+    # Nets trained with flips (the paper's): dense flip-averaged, its unflipped half as validation sees it, 50 crops.
+    assert [r[:4] for r in t3.rows][:3] == [["D", "[256;512]", 256, "dense, flip-averaged"],
+                                            ["D", "[256;512]", 256, "dense"],
+                                            ["D", "[256;512]", 256, "multi-crop, 50 crops/scale"]]
+    assert len(t3.rows) == 9  # 3 (net, Q) x dense flip-averaged, dense alone, multi-crop
+    assert t4.rows == [["D", "[256;512]", "256,384", "dense, flip-averaged", 0.0, 0.0],
+                       ["D", "[256;512]", "256,384", "multi-crop, 50 crops/scale", 0.0, 0.0]]  # E: one scale, no row
+    assert [r[3] for r in t5.rows] == ["dense, flip-averaged", "multi-crop, 50 crops/scale",
+                                       "multi-crop & dense, flip-averaged"] * 2
     # Fusion of D (both scales) and E: dense = mean(D's 2-scale dense, E's dense).
     fused = 0.5 * (np.mean([P[("d", 256, DENSE)], P[("d", 384, DENSE)]], axis=0) + np.asarray(P[("e", 256, DENSE)]))
     expected = 100 * np.mean(fused.argmax(1) != LABELS)
-    assert t6.rows[0][:2] == ["(D/[256;512]/256,384), (E/256/256)", "dense"] and t6.rows[0][2] == expected
-    assert "| D | [256;512] | 256,384 | dense | 0.00 | 0.00 |" in t4.markdown()
+    assert t6.rows[0][:2] == ["(D/[256;512]/256,384), (E/256/256)", "dense, flip-averaged"]
+    assert t6.rows[0][2] == expected
+    assert "| D | [256;512] | 256,384 | dense, flip-averaged | 0.00 | 0.00 |" in t4.markdown()
     assert t6.csv().splitlines()[0] == "combined models,method,top-1 err (%),top-5 err (%)"
+    # MLflow's table view reads a column name with a dot as a path into nested data: it would render blank.
+    assert not any("." in c for t in report.tables for c in t.columns)
+    # Errors in %, as in the tables, under names MLflow groups by net.
+    assert cells[("d", 256, DENSE)].metrics() == {"top1_err_pct": 50.0, "top5_err_pct": 0.0, "images": 2.0,
+                                                  "top1_err_pct_noflip": 50.0, "top5_err_pct_noflip": 0.0}
+    assert report.summary["D S256-512/multi-crop and dense Q256-384 top1_err_pct"] == 0.0
+    assert report.summary["fusion/D S256-512 and E S256 dense top1_err_pct"] == expected
 
+
+
+def test_a_net_trained_without_flips_is_evaluated_without_them_unless_told():
+    n, d = model("A", 256, 256, "n", flip=False), model("D", 256, 512, "d")
+    assert [uses_flip(s, False) for s in ("auto", "on", "off")] == [False, True, False]
+    assert [uses_flip(s, True) for s in ("auto", "on", "off")] == [True, True, False]
+    report = build_report([n], {"n": (256,)}, [DENSE, MULTICROP], loader)  # flips by default: as trained
+    t3, _, t5, _ = report.tables
+    assert [r[3:] for r in t3.rows] == [["dense", 0.0, 0.0], ["multi-crop, 25 crops/scale", 50.0, 0.0]]
+    assert [r[3] for r in t5.rows] == ["dense", "multi-crop, 25 crops/scale", "multi-crop & dense"]
+    cells = {c.method: c for c in report.cells}
+    assert not any(c.flip for c in report.cells) and cells[DENSE].extra == {}  # no flip-averaged view to set beside
+    np.testing.assert_allclose(method_posteriors(loader, "n", [256], COMBINED, flip=False).probs,
+                               np.mean([P[("n", 256, DENSE_NOFLIP)], P[("n", 256, MULTICROP_NOFLIP)]], axis=0))
+    # --flip on: the flip-averaged view, named so.
+    forced = build_report([n], {"n": (256,)}, [DENSE], loader, flips={"n": True})
+    assert [r[3:] for r in forced.tables[0].rows] == [["dense, flip-averaged", 100.0, 0.0], ["dense", 0.0, 0.0]]
+    # Fusion of nets evaluated differently: each averages its own posteriors, and the table says which each used.
+    mixed = build_report([n, d], {"n": (256,), "d": (256,)}, [DENSE], loader)
+    (row,) = mixed.tables[3].rows
+    assert row[:2] == ["(A/256/256 without flips), (D/[256;512]/256 with flips)", "dense"]
+    fused = 0.5 * (np.asarray(P[("n", 256, DENSE_NOFLIP)]) + np.asarray(P[("d", 256, DENSE)]))
+    assert row[2] == 100 * np.mean(fused.argmax(1) != LABELS)
 
 def test_fusion_sets():
     assert fusion_sets(1) == []

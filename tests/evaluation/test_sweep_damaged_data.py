@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlflow
 import pytest
 
 from damage import where  # noqa: F401 (a fixture)
@@ -29,11 +30,18 @@ def test_a_damaged_shard_fails_the_sweep_in_one_line_not_its_cache(prepared_shar
     flip_image_page(uri)
     assert data_id(load_manifest(manifest), "val") != clean
     capsys.readouterr()
-    # The same command again: the damaged shard is read (the clean run's posteriors are not taken for it) and fails.
-    assert main(sweep(untrained_model, manifest, out)) == 2
+    # The same command again (now tracked): the damaged shard is read (the clean run's posteriors are not taken for
+    # it) and fails, and so does the sweep's MLflow run, with the error line as its description.
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [a for a in sweep(untrained_model, manifest, out) if a != "--no-mlflow"]
+    assert main([*argv, "--tracking-uri", tracking, "--experiment", "damaged"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (f"error: shard {uri} is corrupt (could not verify page integrity, CRC checksum verification "
                        "failed for page_ordinal 0): re-run pipeline.prepare to rewrite it"), err
+    client = mlflow.MlflowClient(tracking)
+    (run,) = client.search_runs([client.get_experiment_by_name("damaged").experiment_id])
+    assert run.info.status == "FAILED" and run.info.end_time >= run.info.start_time
+    assert run.data.tags["mlflow.note.content"].startswith("**FAILED**: ShardError: shard ")
 
 
 def test_a_truncated_shard_stops_the_sweep_before_any_compute(prepared_shards, untrained_model, tmp_path, capsys):

@@ -59,7 +59,9 @@ def test_every_field_has_a_flag_with_help_and_default(capsys):
     for name, leaf in LEAVES.items():
         assert leaf.meta("help").strip(), f"{leaf.section}.{name} has no help text"
         assert flag(name) in text
-        assert "(default: " in actions[name].help and leaf.meta("help") in actions[name].help
+        assert leaf.meta("help") in actions[name].help
+        # A default is shown unless there is none to show (the help then says what none means).
+        assert ("(default: " in actions[name].help) == (leaf.default not in (None, (), "")), name
 
 
 def test_field_names_are_unique_across_sections():

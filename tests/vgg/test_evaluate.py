@@ -78,6 +78,17 @@ def test_multicrop_is_the_mean_over_25_crops_and_their_mirrors_in_any_pieces():
         torch.testing.assert_close(multicrop_posteriors(model, x, CROP, max_crops=1), expected)
 
 
+
+def test_multicrop_without_flip_is_the_mean_over_the_25_crops_alone():
+    """For a net trained without flips: the grid's 25 crops, no mirror images (their soft-max never enters)."""
+    model, x = thin(classes=6), images(2, 40, 70)
+    with torch.no_grad():
+        views = [x[:, :, t : t + CROP, l : l + CROP] for t, l in grid_crops(40, 70, CROP)]
+        expected = torch.stack([model(v).softmax(dim=1) for v in views]).mean(dim=0)
+        torch.testing.assert_close(multicrop_posteriors(model, x, CROP, flip=False), expected)
+        torch.testing.assert_close(multicrop_posteriors(model, x, CROP, max_crops=1, flip=False), expected)
+        assert not torch.allclose(multicrop_posteriors(model, x, CROP), expected)  # the mirrors do change it
+
 def test_half_precision_scores_give_float32_posteriors():
     """Under bf16 (autocast on GPUs) the spatial mean and soft-max run in float32."""
     model, x = thin().float().to(torch.bfloat16), images(2, 40, 40).to(torch.bfloat16)
