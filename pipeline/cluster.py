@@ -155,6 +155,11 @@ def connect(address: str | None = None, *, local_cpus: int | None = None) -> str
     return gcs
 
 
+def started_here() -> bool:
+    """Whether this process started the Ray it uses (a local Ray on this machine, ended with this process)."""
+    return bool(_watchdogs)
+
+
 def _join(choice: Choice) -> str:
     import ray
 

@@ -311,15 +311,21 @@ def _run_shards(specs: Sequence[ShardSpec], memory_per_task: int) -> Iterator[di
 
 
 def build_shards(cfg: PrepareConfig, specs: Sequence[ShardSpec]) -> dict[str, dict]:
-    """Every shard written (or kept), one progress line each as it finishes: name -> its record."""
+    """Every shard written (or kept): name -> its record. Progress is a bar (tqdm) on a terminal, else one line per
+    shard as it finishes (logs keep every line; a bar there would be carriage returns)."""
+    from tqdm import tqdm
+
     results: dict[str, dict] = {}
     memory = 3 * max(cfg.target_shard_bytes, 64 * MiB)  # source bytes + table + encoded Parquet, held at once
-    for r in _run_shards(specs, memory):
-        results[r["name"]] = r
-        print(
-            f"[{len(results)}/{len(specs)}] {r['name']}: {r['rows']} rows, {r['bytes'] / MiB:.1f} MiB, {r['status']}",
-            flush=True,
-        )
+    with tqdm(total=len(specs), unit="shard", desc="shards", disable=not sys.stderr.isatty()) as bar:
+        for r in _run_shards(specs, memory):
+            results[r["name"]] = r
+            line = f"{r['name']}: {r['rows']} rows, {r['bytes'] / MiB:.1f} MiB, {r['status']}"
+            if bar.disable:
+                print(f"[{len(results)}/{len(specs)}] {line}", flush=True)
+            else:
+                bar.set_postfix_str(line, refresh=False)
+                bar.update()
     return results
 
 

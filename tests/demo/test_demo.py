@@ -62,10 +62,10 @@ def test_reduced_demo_end_to_end_and_in_mlflow(tmp_path):
         assert train["info"]["status"] == "FINISHED"
         params = {p["key"]: p["value"] for p in train["data"]["params"]}
         assert params["model.arch"] == "A" and params["data.flip"] == "False"
-        curve = api(server.uri, "metrics/get-history", run_id=train["info"]["run_id"], metric_key="val_top1_err")
+        curve = api(server.uri, "metrics/get-history", run_id=train["info"]["run_id"], metric_key="val/top1_err")
         assert len(curve["metrics"]) == 2  # the learning curve, one point per epoch
         assert api(server.uri, "metrics/get-history", run_id=train["info"]["run_id"],
-                   metric_key="train_loss")["metrics"]
+                   metric_key="train/loss")["metrics"]
 
         eval_exp = api(server.uri, "experiments/get-by-name", experiment_name="verydeep-eval")["experiment"]
         sweep_runs = post(server.uri, "runs/search", {"experiment_ids": [eval_exp["experiment_id"]]})["runs"]
