@@ -82,12 +82,13 @@ def check_http_url(name: str, url: str | None) -> None:
 def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | None = None,
            metavar: str | None = None, aliases: Sequence[str] = (), repeat: bool = False,
            parse: Callable[[Any], Any] | None = None, dump: Callable[[Any], Any] | None = None,
-           nargs: str | None = None) -> Any:
+           nargs: str | None = None, group: str | None = None) -> Any:
     """A dataclass field with what its flag needs: help, accepted values, metavar, older flag spellings (``aliases``),
     ``repeat`` for a tuple given as a repeated flag; ``parse`` / ``dump`` (with the flag's ``nargs``) read and write a
-    value of a type of our own. ``parse`` takes what flags, files or code give and raises ValueError(expected)."""
+    value of a type of our own. ``parse`` takes what flags, files or code give and raises ValueError(expected).
+    ``group`` titles the flag's group in ``--help`` for a config without sections (a section is its own group)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
-            "aliases": tuple(aliases), "repeat": repeat, "parse": parse, "dump": dump, "nargs": nargs}
+            "aliases": tuple(aliases), "repeat": repeat, "parse": parse, "dump": dump, "nargs": nargs, "group": group}
     return field(default=default, metadata=meta)
 
 
@@ -416,7 +417,10 @@ def build_parser(schema: type, prog: str | None = None, description: str | None 
     groups = {s: parser.add_argument_group(s, (inspect.getdoc(cls) or "").splitlines()[0])
               for s, cls in sections(schema).items()}
     for leaf in leaves(schema).values():
-        add_flag(groups[leaf.section] if leaf.section else parser, leaf)
+        title = leaf.section or leaf.meta("group")
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        add_flag(groups[title] if title is not None else parser, leaf)
     return parser
 
 

@@ -8,7 +8,7 @@ Resolution, first match wins:
 2. The cluster that ``ray start`` recorded in Ray's address file (``ray_current_cluster`` in Ray's temp dir,
    ``$RAY_TMPDIR/ray/`` when set), when its GCS accepts a connection. A file left behind by a stopped head is
    reported in one line and ignored: ``ray.init()`` would retry it for minutes.
-3. A local Ray for this process: on 127.0.0.1 only, without a dashboard, with ``max(4, cores)`` logical CPUs (on 2
+3. A local Ray for this process: on 127.0.0.1 only (its dashboard too), with ``max(4, cores)`` logical CPUs (on 2
    cores, Train workers would otherwise deadlock against Ray Data's read tasks), ended with this process even when
    it is killed with SIGKILL.
 
@@ -179,7 +179,9 @@ def _start_local(cpus: int) -> tuple[str, str]:
     import ray
 
     _stay_on_loopback()
-    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+    # With the dashboard, which serves Ray's state API: Ray Train's placement-group cleaner asks it every second
+    # whether the controller lives, and without it logs a warning each time.
+    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                        logging_level=logging.WARNING)
     info = context.address_info
     _start_watchdog(info["session_dir"])

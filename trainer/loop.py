@@ -8,6 +8,7 @@ DDP averages gradients, so every replica takes the same step.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import tempfile
 import time
@@ -155,6 +156,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg: TrainConfig = from_dict(loop_config["config"])
     info = JobInfo(**loop_config["info"])
     worker = current()
+    # Ray Train sets a worker's root logger to INFO; the loop prints its own lines, and one of Ray Train's INFO
+    # records (each report, with every metric) is logged under a name its LoggingConfig does not reach.
+    logging.getLogger().setLevel(logging.WARNING)
     tracker = Tracker(worker.is_main and info.mlflow_run_id is not None, info.tracking_uri, cfg.run.experiment)
     tracker.attach(info.mlflow_run_id)  # the driver's open run; the driver closes it
 

@@ -412,6 +412,9 @@ def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConf
     # Inside a Ray job, outputs that would vanish with the job's working directory are refused before Ray starts.
     tracking_uri(cfg)
     absolute_storage(cfg.run.storage)
+    # Ray Data's console at warnings (its logging configuration file): set before a local Ray starts, whose
+    # processes (the split coordinators running each epoch's reads) inherit it.
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     start_ray(cfg.cluster.ray_address)
     cfg, manifest, tracking, latest = plan(cfg)
     if latest is not None and complete(cfg, latest[1]):
