@@ -8,13 +8,17 @@ the lines format them, nothing here measures twice. A line reads like torchvisio
     epoch 3/50 done in 9.8 s, 305 img/s: val top-1 err 17.83 %, top-5 err 3.98 % (359 images, Q=40) -> keep
 
 The run's ETA is an upper bound ("<="): the schedule may stop before its epoch budget, at a plateau after the last
-LR decay.
+LR decay. A progress line is printed at most every ``PROGRESS_EVERY_S`` seconds (the first window's always): a tenth
+of an ImageNet epoch takes minutes, so every window shows, while a small set's epochs take seconds and its epoch
+lines already say how it goes (MLflow gets every window either way).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
+PROGRESS_EVERY_S = 30.0
 
 
 def duration(seconds: float) -> str:
@@ -36,6 +40,15 @@ class EpochClock:
     steps: int = 0  # steps trained in this epoch by this process (a resumed epoch starts past its first steps)
     train_s: float = 0.0  # time of this epoch's training, set when its last step is done
     last_epoch_s: float | None = None  # the previous epoch's wall time, validation included
+    last_line: float | None = None  # when the last progress line was printed
+
+    def line_due(self) -> bool:
+        """Whether a progress line is due now (the first, or ``PROGRESS_EVERY_S`` after the last); counts it."""
+        now = time.perf_counter()
+        if self.last_line is not None and now - self.last_line < PROGRESS_EVERY_S:
+            return False
+        self.last_line = now
+        return True
 
     def start_epoch(self) -> None:
         """A new epoch's training begins now."""

@@ -243,7 +243,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                                                   worker)
                 logged = window_metrics(loss_sum, top1, top5, n, lr, window["wait"], window["time"])
                 tracker.metrics(logged, step=state.step)
-                if worker.is_main:
+                if worker.is_main and clock.line_due():
                     print(console.progress_line(epoch, cfg.schedule.epochs, state.step_in_epoch,
                                                 info.steps_per_epoch, logged,
                                                 *clock.etas(epoch, state.step_in_epoch)), flush=True)

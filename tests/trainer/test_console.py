@@ -35,9 +35,11 @@ def test_console_and_mlflow_contract_of_a_short_run(prepared_shards, tmp_path):
     lines = proc.stdout.splitlines()
     text = "\n".join(lines)
 
-    # A progress line for each window of steps (3 steps an epoch: every step), with every field.
+    # A progress line with every field: the first window's (3 steps an epoch: a window is a step), then at most one
+    # every PROGRESS_EVERY_S.
     progress = [m.groups() for line in lines if (m := PROGRESS.search(line))]
-    assert progress == [(str(e), str(s)) for e in (1, 2) for s in (1, 2, 3)], text
+    assert progress and progress[0] == ("1", "1") and len(progress) <= 6, text
+    assert len([line for line in lines if "step " in line]) == len(progress), text
     # Each epoch's line once, with its time and rate.
     epochs = [m.group(1) for line in lines if (m := EPOCH.search(line))]
     assert epochs == ["1", "2"], text
