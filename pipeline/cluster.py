@@ -8,7 +8,7 @@ Resolution, first match wins:
 2. The cluster that ``ray start`` recorded in Ray's address file (``ray_current_cluster`` in Ray's temp dir,
    ``$RAY_TMPDIR/ray/`` when set), when its GCS accepts a connection. A file left behind by a stopped head is
    reported in one line and ignored: ``ray.init()`` would retry it for minutes.
-3. A local Ray for this process: on 127.0.0.1 only (its dashboard too), with ``max(4, cores)`` logical CPUs (on 2
+3. A local Ray for this process: on 127.0.0.1 only, without a dashboard unless asked, with ``max(4, cores)`` logical CPUs (on 2
    cores, Train workers would otherwise deadlock against Ray Data's read tasks), ended with this process even when
    it is killed with SIGKILL.
 
@@ -133,8 +133,9 @@ def default_cpus() -> int:
     return max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
 
 
-def connect(address: str | None = None, *, local_cpus: int | None = None) -> str:
-    """Join or start Ray as the module docstring says (nothing when this process is connected); the GCS address."""
+def connect(address: str | None = None, *, local_cpus: int | None = None, dashboard: bool = False) -> str:
+    """Join or start Ray as the module docstring says (nothing when this process is connected); the GCS address.
+    ``dashboard``: a local Ray starts its dashboard (on 127.0.0.1), which serves Ray's state API."""
     import ray
 
     if ray.is_initialized():
@@ -144,7 +145,7 @@ def connect(address: str | None = None, *, local_cpus: int | None = None) -> str
         print(choice.note, file=sys.stderr, flush=True)
     if choice.address is None:
         cpus = local_cpus or default_cpus()
-        gcs, session = _start_local(cpus)
+        gcs, session = _start_local(cpus, dashboard)
         line = f"ray: started a local Ray at {gcs} ({cpus} CPUs, 127.0.0.1 only, ends with this process; {session})"
     else:
         gcs = _join(choice)
@@ -174,14 +175,12 @@ def _join(choice: Choice) -> str:
     return choice.address if choice.address.startswith(CLIENT_SCHEME) else ray.get_runtime_context().gcs_address
 
 
-def _start_local(cpus: int) -> tuple[str, str]:
+def _start_local(cpus: int, dashboard: bool = False) -> tuple[str, str]:
     """Start a Ray on loopback for this process; (GCS address, session directory)."""
     import ray
 
     _stay_on_loopback()
-    # With the dashboard, which serves Ray's state API: Ray Train's placement-group cleaner asks it every second
-    # whether the controller lives, and without it logs a warning each time.
-    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                        logging_level=logging.WARNING)
     info = context.address_info
     _start_watchdog(info["session_dir"])

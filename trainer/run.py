@@ -139,7 +139,9 @@ def start_ray(address: str | None = None) -> None:
     """Join or start Ray by the rule of every command (pipeline.cluster): --ray-address, RAY_ADDRESS, a running
     cluster, else a local Ray with room for Ray Data beside Train."""
     try:
-        cluster.connect(address)
+        # A local Ray with its dashboard, which serves Ray's state API: Ray Train's placement-group cleaner asks it
+        # every second whether the controller lives, and without it logs a warning each time.
+        cluster.connect(address, dashboard=True)
     except cluster.ClusterError as e:
         raise JobError(str(e)) from None
     if cluster.started_here():
