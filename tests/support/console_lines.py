@@ -13,7 +13,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 RAY_PREFIX = re.compile(r"^\((?:\w+ )?pid=\d+(?:, ip=[\d.]+)?\)\s*")
 OURS = re.compile(
     r"^(== |\$ |digits: |planned \d+ shards|ray: |\[\d+/\d+\] |done: |model: |MLflow: |epoch \d+/\d+ |resumed at |"
-    r"initialised |sweep: |report: |### |\| |demo finished|  \S*mlflow ui |then browse |skipped |note: |"
+    r"initialised |sweep: |report: |### |\||demo finished|\S*mlflow ui |then browse |skipped |note: |"
     r"[\w.-]+: VGG-|ladder |WARNING: MLflow tracking stopped)")
 # What reads as a failure: an error level or code, a traceback, an exception's name.
 ERROR = re.compile(r"\bERROR\b|\berror\b|Traceback|Exception|\bE\d{4} |^\[\S+ E \d+|\] E \d+ | E \d+ \d+\] |Failed")
