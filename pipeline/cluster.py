@@ -180,8 +180,17 @@ def _start_local(cpus: int, dashboard: bool = False) -> tuple[str, str]:
     import ray
 
     _stay_on_loopback()
+    options: dict = {}
+    if dashboard:
+        # Ray's processes find the state API by looking for "the" Ray on this machine, which fails where another Ray
+        # runs beside this one: name this Ray's dashboard to every process of the job.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        options = {"dashboard_port": port,
+                   "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
     context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                       logging_level=logging.WARNING)
+                       logging_level=logging.WARNING, **options)
     info = context.address_info
     _start_watchdog(info["session_dir"])
     return info["gcs_address"], info["session_dir"]
