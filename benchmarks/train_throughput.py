@@ -7,7 +7,7 @@ Writes benchmarks/results/train_throughput_{cpu,cuda}.json and prints two tables
 
 Part 1, the smoke job as users run it: ``python -m trainer.run --config smoke`` in a subprocess (Ray Train, one
 worker, the digits shards through Ray Data and the CPU decoder, the paper's schedule, checkpoints, MLflow into a
-throw-away SQLite store), then its own logged ``images_per_s`` and ``data_wait_fraction`` (a window of steps each,
+throw-away SQLite store), then its own logged ``perf/images_per_s`` and ``perf/data_wait_pct`` (a window of steps each,
 read back from MLflow) and its wall time. Beside it: the same net's step on one synthetic batch held in memory,
 the ceiling for any data path.
 
@@ -88,8 +88,8 @@ def smoke_job(workdir: Path, epochs: int) -> dict:
         raise SystemExit("error: the smoke job printed no MLflow run id")
     client = mlflow.MlflowClient(tracking_uri=tracking)
     run = client.get_run(found.group(1))
-    rate = [m.value for m in client.get_metric_history(run.info.run_id, "images_per_s")]
-    wait = [m.value for m in client.get_metric_history(run.info.run_id, "data_wait_fraction")]
+    rate = [m.value for m in client.get_metric_history(run.info.run_id, "perf/images_per_s")]
+    wait = [m.value / 100 for m in client.get_metric_history(run.info.run_id, "perf/data_wait_pct")]
     p = run.data.params
     # The first window of the first epoch holds start-up (first reads, first compiled kernels): reported apart.
     return {"command": "python -m trainer.run --config smoke --epochs %d" % epochs, "wall_s": round(wall, 1),

@@ -101,25 +101,37 @@ def model_run(storage: str, tracking: str) -> str:
     return latest[1].mlflow_run_id
 
 
+def ui_command(out: Path, artifacts: Path | None = None) -> str:
+    """The command that opens the MLflow UI on the demo's store, with every artifact: a server's runs keep theirs
+    under its ``--artifacts-destination``, which the UI must be given too (local runs record absolute paths)."""
+    return (f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri sqlite:///{out / 'mlflow.db'}"
+            + (f" --artifacts-destination {artifacts}" if artifacts is not None else "") + " --port 5000")
+
+
 def local(out: Path, train_flags: list[str], sweep_flags: list[str]) -> str:
-    """The demo on embedded defaults; returns the tracking URI."""
+    """The demo on embedded defaults; returns the command that opens the MLflow UI on its runs."""
     tracking = f"sqlite:///{out / 'mlflow.db'}"
     out.mkdir(parents=True, exist_ok=True)
-    run(python("pipeline.digits", "--dst", str(out / "digits")), "1/4 render the digits as an ImageNet tree", out)
+    # Each stage starts a local Ray; token authentication, Ray's default for it, chosen explicitly (Ray warns in
+    # every stage when the mode is left unset).
+    env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    run(python("pipeline.digits", "--dst", str(out / "digits")), "1/4 render the digits as an ImageNet tree", out,
+        env)
     run(python("pipeline.prepare", "--src", str(out / "digits"), "--dst", str(out / "shards")),
-        "2/4 ingest: Parquet shards + manifest", out)
+        "2/4 ingest: Parquet shards + manifest", out, env)
     run(python("trainer.run", "--config", RECIPE, "--data", str(out / "shards"), "--storage", str(out / "runs"),
                "--name", RUN_NAME, "--tracking-uri", tracking, *train_flags),
-        "3/4 train net A (scaled down) with the paper's schedule", out)
+        "3/4 train net A (scaled down) with the paper's schedule", out, env)
     run_id = model_run(str(out / "runs"), tracking)
     run(python("evaluation.sweep", "--model", f"runs:/{run_id}", "--data", str(out / "shards"), "--out",
                str(out / "sweep"), "--tracking-uri", tracking, "--run-name", "demo-sweep", *sweep_flags),
-        "4/4 evaluation sweep: dense and multi-crop at three Q, flips as in training", out)
-    return tracking
+        "4/4 evaluation sweep: dense and multi-crop at three Q, flips as in training", out, env)
+    return ui_command(out)
 
 
 def cluster(out: Path, train_flags: list[str], sweep_flags: list[str]) -> str:
-    """The same job against real services on loopback: S3, a Ray head, an MLflow server; returns the store URI."""
+    """The same job against real services on loopback: S3, a Ray head, an MLflow server; returns the command that
+    opens the MLflow UI on its runs once the services are gone."""
     out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     s3, mlflow_port, dashboard = free_port(), free_port(), free_port()
@@ -127,7 +139,10 @@ def cluster(out: Path, train_flags: list[str], sweep_flags: list[str]) -> str:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo",
            "AWS_DEFAULT_REGION": "us-east-1", "RAY_AUTH_MODE": "disabled",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           # The head is this machine alone: no node to drain, so no preemption to watch (its watcher's start logs
+           # a core_worker error line in the job's output).
+           "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
     env.pop("RAY_ADDRESS", None)
     tracking = f"http://127.0.0.1:{mlflow_port}"
     with ExitStack() as stack:
@@ -160,7 +175,7 @@ def cluster(out: Path, train_flags: list[str], sweep_flags: list[str]) -> str:
         run(python("evaluation.sweep", "--model", f"runs:/{run_id}", "--data", shards, "--out",
                    f"s3://{BUCKET}/sweep", "--tracking-uri", tracking, "--run-name", "demo-sweep", *sweep_flags),
             "4/4 evaluation sweep", out, env)
-    return f"sqlite:///{out / 'mlflow.db'}"  # the server is gone; its store opens with `mlflow ui`
+    return ui_command(out, out / "artifacts")  # the server is gone; its store and artifacts open with `mlflow ui`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,13 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_flags = ["--max-images", str(args.max_images)] if args.max_images else []
     started = time.monotonic()
     try:
-        tracking = (cluster if args.cluster else local)(out, train_flags, sweep_flags)
+        ui = (cluster if args.cluster else local)(out, train_flags, sweep_flags)
     except DemoError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     minutes = (time.monotonic() - started) / 60
-    print(f"\ndemo finished in {minutes:.1f} min. Open the MLflow UI on its runs with:\n"
-          f"  {Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {tracking} --port 5000\n"
+    print(f"\ndemo finished in {minutes:.1f} min. Open the MLflow UI on its runs with:\n  {ui}\n"
           "then browse http://127.0.0.1:5000 (experiments 'verydeep': training, 'verydeep-eval': the sweep)")
     return 0
 

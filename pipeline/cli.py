@@ -86,7 +86,7 @@ def option(default: Any = MISSING, help: str = "", *, choices: Sequence[Any] | N
     """A dataclass field with what its flag needs: help, accepted values, metavar, older flag spellings (``aliases``),
     ``repeat`` for a tuple given as a repeated flag; ``parse`` / ``dump`` (with the flag's ``nargs``) read and write a
     value of a type of our own. ``parse`` takes what flags, files or code give and raises ValueError(expected).
-    ``group`` titles the --help group of a field of a config without sections."""
+    ``group`` titles the flag's group in ``--help`` for a config without sections (a section is its own group)."""
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar,
             "aliases": tuple(aliases), "repeat": repeat, "parse": parse, "dump": dump, "nargs": nargs, "group": group}
     return field(default=default, metadata=meta)
@@ -419,10 +419,10 @@ def build_parser(schema: type, prog: str | None = None, description: str | None 
     groups = {s: parser.add_argument_group(s, (inspect.getdoc(cls) or "").splitlines()[0])
               for s, cls in sections(schema).items()}
     for leaf in leaves(schema).values():
-        name = leaf.section or leaf.meta("group")
-        if name is not None and name not in groups:
-            groups[name] = parser.add_argument_group(name)
-        add_flag(groups[name] if name is not None else parser, leaf)
+        title = leaf.section or leaf.meta("group")
+        if title is not None and title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        add_flag(groups[title] if title is not None else parser, leaf)
     return parser
 
 

@@ -8,7 +8,7 @@ Resolution, first match wins:
 2. The cluster that ``ray start`` recorded in Ray's address file (``ray_current_cluster`` in Ray's temp dir,
    ``$RAY_TMPDIR/ray/`` when set), when its GCS accepts a connection. A file left behind by a stopped head is
    reported in one line and ignored: ``ray.init()`` would retry it for minutes.
-3. A local Ray for this process: on 127.0.0.1 only, without a dashboard, with ``max(4, cores)`` logical CPUs (on 2
+3. A local Ray for this process: on 127.0.0.1 only, without a dashboard unless asked, with ``max(4, cores)`` logical CPUs (on 2
    cores, Train workers would otherwise deadlock against Ray Data's read tasks), ended with this process even when
    it is killed with SIGKILL.
 
@@ -133,8 +133,9 @@ def default_cpus() -> int:
     return max(MIN_LOCAL_CPUS, os.cpu_count() or 1)
 
 
-def connect(address: str | None = None, *, local_cpus: int | None = None) -> str:
-    """Join or start Ray as the module docstring says (nothing when this process is connected); the GCS address."""
+def connect(address: str | None = None, *, local_cpus: int | None = None, dashboard: bool = False) -> str:
+    """Join or start Ray as the module docstring says (nothing when this process is connected); the GCS address.
+    ``dashboard``: a local Ray starts its dashboard (on 127.0.0.1), which serves Ray's state API."""
     import ray
 
     if ray.is_initialized():
@@ -144,7 +145,7 @@ def connect(address: str | None = None, *, local_cpus: int | None = None) -> str
         print(choice.note, file=sys.stderr, flush=True)
     if choice.address is None:
         cpus = local_cpus or default_cpus()
-        gcs, session = _start_local(cpus)
+        gcs, session = _start_local(cpus, dashboard)
         line = f"ray: started a local Ray at {gcs} ({cpus} CPUs, 127.0.0.1 only, ends with this process; {session})"
     else:
         gcs = _join(choice)
@@ -153,6 +154,11 @@ def connect(address: str | None = None, *, local_cpus: int | None = None) -> str
                 f"{total.get('GPU', 0):g} GPUs; from {choice.source})")
     print(line, file=sys.stderr, flush=True)
     return gcs
+
+
+def started_here() -> bool:
+    """Whether this process started the Ray it uses (a local Ray on this machine, ended with this process)."""
+    return bool(_watchdogs)
 
 
 def _join(choice: Choice) -> str:
@@ -169,13 +175,22 @@ def _join(choice: Choice) -> str:
     return choice.address if choice.address.startswith(CLIENT_SCHEME) else ray.get_runtime_context().gcs_address
 
 
-def _start_local(cpus: int) -> tuple[str, str]:
+def _start_local(cpus: int, dashboard: bool = False) -> tuple[str, str]:
     """Start a Ray on loopback for this process; (GCS address, session directory)."""
     import ray
 
     _stay_on_loopback()
-    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                       logging_level=logging.WARNING)
+    options: dict = {}
+    if dashboard:
+        # Ray's processes find the state API by looking for "the" Ray on this machine, which fails where another Ray
+        # runs beside this one: name this Ray's dashboard to every process of the job.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        options = {"dashboard_port": port,
+                   "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+    context = ray.init(address=LOCAL, num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                       logging_level=logging.WARNING, **options)
     info = context.address_info
     _start_watchdog(info["session_dir"])
     return info["gcs_address"], info["session_dir"]

@@ -56,12 +56,12 @@ import sys
 import time
 import typing
 from collections.abc import Iterator, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
 from pipeline import cluster, storage
-from pipeline.cli import OneLineParser, check_finite, check_http_url
+from pipeline.cli import Checked, check_http_url, option, parse, require
 from pipeline.convert import CONVERTER_VERSION, MAX_MEGAPIXELS, colour_stats
 from pipeline.imagenet import Listing, PrepareError, scan_source
 from pipeline.manifest import MANIFEST_NAME, Manifest, ManifestError, Shard, Split, Stats, load_manifest
@@ -79,79 +79,65 @@ from pipeline.targets import TargetOptions, parse_target, scan_target
 from pipeline.units import UnitError, run_units
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+PROG = "python -m pipeline.prepare"
+WHERE, SHARDS, IMAGES, LABELS, STATS, RUNNING = ("where", "shards", "images", "labels of a flat val/",
+                                                 "colour statistics (the paper's colour shift)", "running")
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
-    """Options of one ingestion run; the CLI flags are generated from these fields."""
+class PrepareConfig(Checked):
+    """Options of one ingestion run; the CLI flags are generated from these fields (pipeline.cli)."""
 
-    src: str = field(metadata=_help("source root (local path or s3:// URI) with train/ and optionally val/"))
-    dst: str = field(metadata=_help("destination directory (local path or s3:// URI) for the shards and manifest.json"))
-    target_shard_mb: float = field(
-        default=256.0, metadata=_help("target shard size in MiB of source bytes (object-storage friendly: 100-500)")
-    )
-    max_rows_per_shard: int | None = field(default=None, metadata=_help("cap on images per shard"))
-    row_group_mb: float = field(default=32.0, metadata=_help("target Parquet row-group size in MiB (streaming unit)"))
-    max_shorter_side: int | None = field(
-        default=None,
-        metadata=_help(
-            "resize images whose shorter side is larger to this (512 keeps all the paper uses: S, Q <= 512)"
-        ),
-    )
-    jpeg_quality: int = field(default=95, metadata=_help("JPEG quality for re-encoded images (converted or resized)"))
-    max_megapixels: float = field(
-        default=MAX_MEGAPIXELS,
-        metadata=_help(
-            "skip images whose header declares more than this many million pixels (width x height), without "
-            "decoding them (ImageNet's largest images are well under this)"
-        ),
-    )
-    val_labels: str | None = field(
-        default=None, metadata=_help("labels of a flat val/: LOC_val_solution.csv or the devkit's ground-truth txt")
-    )
-    val_synsets: str | None = field(
-        default=None, metadata=_help("with the devkit txt: meta.mat, or a text file of wnids in ILSVRC2012_ID order")
-    )
-    stats_images: int = field(default=10_000, metadata=_help("training images sampled for the mean RGB and colour PCA"))
-    stats_pixels_per_image: int = field(default=1_000, metadata=_help("pixels drawn from each sampled image"))
-    s3_endpoint: str | None = field(
-        default=None, metadata=_help("S3 endpoint URL (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS)")
-    )
-    s3_region: str | None = field(default=None, metadata=_help("S3 region (default: AWS_REGION / AWS_DEFAULT_REGION)"))
-    num_cpus: int | None = field(
-        default=None, metadata=_help("CPUs of a local Ray (default: the cores; ignored when joining a cluster)")
-    )
-    ray_address: str | None = field(
-        default=None,
-        metadata=_help(
-            "Ray to use: auto = the cluster running on this machine, local = a Ray of this job's own, host:port or "
-            "ray://host:port = that cluster (default: RAY_ADDRESS, else a running cluster, else a local Ray)"
-        ),
-    )
-    read_threads: int = field(default=16, metadata=_help("concurrent source reads inside each shard task (I/O bound)"))
+    src: str = option(help="source root with train/ and optionally val/: a local path or s3://bucket/prefix",
+                      metavar="URI", group=WHERE)
+    dst: str = option(help="where the shards and manifest.json go: a local path or s3://bucket/prefix",
+                      metavar="URI", group=WHERE)
+    target_shard_mb: float = option(256.0, "target shard size in MiB of source bytes (object-storage friendly: "
+                                           "100-500)", metavar="MIB", group=SHARDS)
+    max_rows_per_shard: int | None = option(None, "cap on images per shard; none = no cap", metavar="N",
+                                            group=SHARDS)
+    row_group_mb: float = option(32.0, "target Parquet row-group size in MiB (the streaming unit)", metavar="MIB",
+                                 group=SHARDS)
+    max_shorter_side: int | None = option(None, "resize images whose shorter side is larger to this (512 keeps all "
+                                                "the paper uses: S, Q <= 512); none = keep every size",
+                                          metavar="PIXELS", group=IMAGES)
+    jpeg_quality: int = option(95, "JPEG quality for re-encoded images (converted or resized)", metavar="1-100",
+                               group=IMAGES)
+    max_megapixels: float = option(MAX_MEGAPIXELS, "skip images whose header declares more than this many million "
+                                                   "pixels (width x height), without decoding them (ImageNet's "
+                                                   "largest images are well under this)", metavar="MP", group=IMAGES)
+    val_labels: str | None = option(None, "LOC_val_solution.csv or the devkit's ground-truth txt; none = found in "
+                                          "the source root", metavar="FILE", group=LABELS)
+    val_synsets: str | None = option(None, "with the devkit txt: meta.mat, or a text file of wnids in ILSVRC2012_ID "
+                                           "order; none = meta.mat beside the txt", metavar="FILE", group=LABELS)
+    stats_images: int = option(10_000, "training images sampled for the mean RGB and colour PCA", metavar="N",
+                               group=STATS)
+    stats_pixels_per_image: int = option(1_000, "pixels drawn from each sampled image", metavar="N", group=STATS)
+    s3_endpoint: str | None = option(None, "S3 endpoint URL; none = AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, "
+                                           "else AWS", metavar="URL", group=WHERE)
+    s3_region: str | None = option(None, "S3 region; none = AWS_REGION, else AWS_DEFAULT_REGION", metavar="REGION",
+                                   group=WHERE)
+    num_cpus: int | None = option(None, "CPUs of a local Ray; none = the cores (ignored when joining a cluster)",
+                                  metavar="N", group=RUNNING)
+    ray_address: str | None = option(None, "Ray to use: auto = the cluster running on this machine, local = a Ray "
+                                           "of this job's own, host:port or ray://host:port = that cluster; none = "
+                                           "RAY_ADDRESS, else a running cluster, else a local Ray", metavar="ADDRESS",
+                                     group=RUNNING)
+    read_threads: int = option(16, "concurrent source reads inside each shard task (I/O bound)", metavar="N",
+                               group=RUNNING)
 
-    def __post_init__(self) -> None:
-        check_finite(self)
-        for name in (
-            "target_shard_mb",
-            "row_group_mb",
-            "max_megapixels",
-            "stats_images",
-            "stats_pixels_per_image",
-            "read_threads",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    def check(self) -> None:
+        """Sizes and counts positive, the JPEG quality in 1..100, the endpoint a URL, the Ray address a known form."""
+        for name in ("target_shard_mb", "row_group_mb", "max_megapixels", "stats_images", "stats_pixels_per_image",
+                     "read_threads"):
+            require(getattr(self, name) > 0, name, getattr(self, name), "a positive number")
         for name in ("max_rows_per_shard", "max_shorter_side", "num_cpus"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, value, "an integer >= 1 or none")
+        require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "an integer in 1..100")
         check_http_url("s3_endpoint", self.s3_endpoint)
-        if self.ray_address is not None and not cluster.is_address(self.ray_address):
-            raise ValueError(f"bad ray_address {self.ray_address!r}: expected {cluster.ADDRESS_FORMS}")
+        require(self.ray_address is None or cluster.is_address(self.ray_address), "ray_address", self.ray_address,
+                cluster.ADDRESS_FORMS)
 
     @property
     def target_shard_bytes(self) -> int:
@@ -184,38 +170,10 @@ _RECORDED_OPTIONS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI parser, one flag per PrepareConfig field."""
-    parser = OneLineParser(
-        prog="python -m pipeline.prepare",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    hints = typing.get_type_hints(PrepareConfig)
-    for f in fields(PrepareConfig):
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        base = next(a for a in args if a is not type(None)) if args else kind
-        required = f.default is MISSING
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=base,
-            required=required,
-            default=None if required else f.default,
-            help=f.metadata["help"] + ("" if required or f.default is None else f" (default: {f.default})"),
-        )
-    return parser
-
-
 def parse_args(argv: Sequence[str] | None = None) -> PrepareConfig:
-    """Parse CLI arguments into a validated PrepareConfig."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    try:
-        return PrepareConfig(**vars(ns))
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    """Parse CLI arguments into a validated PrepareConfig; bad input exits with one ``error:`` line, code 2."""
+    return parse(PrepareConfig, argv, PROG, "\n\n".join(__doc__.split("\n\n")[:2]),
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -313,15 +271,21 @@ def _run_shards(specs: Sequence[ShardSpec], memory_per_task: int) -> Iterator[di
 
 
 def build_shards(cfg: PrepareConfig, specs: Sequence[ShardSpec]) -> dict[str, dict]:
-    """Every shard written (or kept), one progress line each as it finishes: name -> its record."""
+    """Every shard written (or kept): name -> its record. Progress is a bar (tqdm) on a terminal, else one line per
+    shard as it finishes (logs keep every line; a bar there would be carriage returns)."""
+    from tqdm import tqdm
+
     results: dict[str, dict] = {}
     memory = 3 * max(cfg.target_shard_bytes, 64 * MiB)  # source bytes + table + encoded Parquet, held at once
-    for r in _run_shards(specs, memory):
-        results[r["name"]] = r
-        print(
-            f"[{len(results)}/{len(specs)}] {r['name']}: {r['rows']} rows, {r['bytes'] / MiB:.1f} MiB, {r['status']}",
-            flush=True,
-        )
+    with tqdm(total=len(specs), unit="shard", desc="shards", disable=not sys.stderr.isatty()) as bar:
+        for r in _run_shards(specs, memory):
+            results[r["name"]] = r
+            line = f"{r['name']}: {r['rows']} rows, {r['bytes'] / MiB:.1f} MiB, {r['status']}"
+            if bar.disable:
+                print(f"[{len(results)}/{len(specs)}] {line}", flush=True)
+            else:
+                bar.set_postfix_str(line, refresh=False)
+                bar.update()
     return results
 
 

@@ -8,6 +8,7 @@ DDP averages gradients, so every replica takes the same step.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pipeline.decode import make_eval_decoder, make_train_decoder
 from pipeline.loader import EvalCollate, TrainAugment, TrainCollate
 from pipeline.models import MODEL_URI_TAG
 from trainer import checkpoint as ckpt
-from trainer import schedule
+from trainer import console, schedule
 from trainer.config import TrainConfig, from_dict
 from trainer.distributed import Worker, all_sum, current, spread
 from trainer.tracking import INIT_TAG, LATEST_TAG, Tracker
@@ -173,6 +174,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg: TrainConfig = from_dict(loop_config["config"])
     info = JobInfo(**loop_config["info"])
     worker = current()
+    # Ray Train sets a worker's root logger to INFO; the loop prints its own lines, and one of Ray Train's INFO
+    # records (each report, with every metric) is logged under a name its LoggingConfig does not reach.
+    logging.getLogger().setLevel(logging.WARNING)
     tracker = Tracker(worker.is_main and info.mlflow_run_id is not None, info.tracking_uri, cfg.run.experiment)
     tracker.attach(info.mlflow_run_id)  # the driver's open run; the driver closes it
 
@@ -219,6 +223,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     sched = schedule.extend(schedule.ScheduleState.from_dict(state.schedule), cfg.schedule)
     warmup_steps = optim.warmup_steps(info.steps_per_epoch)
     log_every = max(1, info.steps_per_epoch // 10)
+    clock = console.EpochClock(info.steps_per_epoch, cfg.schedule.epochs)
 
     while not sched.stopped:
         epoch = state.epoch
@@ -229,9 +234,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         ddp.train()
         window = {"loss": 0.0, "top1": 0.0, "top5": 0.0, "n": 0.0, "wait": 0.0, "time": 0.0}
         skip, t_last, lr = state.step_in_epoch, time.perf_counter(), sched.lr
+        clock.start_epoch()
         for i, (images, labels, keys) in enumerate(batches):
             if i < skip:  # resuming mid-epoch: these batches were consumed before the checkpoint
                 t_last = time.perf_counter()
+                clock.start_epoch()
                 continue
             if info.keys_log:
                 log_keys(info.keys_log, worker.rank, epoch, state.step + 1, keys)
@@ -246,6 +253,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             loss_sum, top1, top5 = train_step(ddp, optimizer, images, labels, cfg, worker)
             state.step += 1
             state.step_in_epoch += 1
+            clock.step_done()
             t_now = time.perf_counter()
             for k, v in (("loss", loss_sum), ("top1", top1), ("top5", top5), ("n", float(len(labels))),
                          ("wait", t_data - t_last), ("time", t_now - t_last)):
@@ -254,11 +262,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if state.step_in_epoch % log_every == 0 or state.step_in_epoch == info.steps_per_epoch:
                 loss_sum, top1, top5, n = all_sum([window["loss"], window["top1"], window["top5"], window["n"]],
                                                   worker)
-                tracker.metrics({"train_loss": loss_sum / n, "train_top1_err": 1 - top1 / n,
-                                 "train_top5_err": 1 - top5 / n, "lr": lr, "images_per_s": n / window["time"],
-                                 "data_wait_fraction": window["wait"] / window["time"],
-                                 "epoch_progress": epoch + state.step_in_epoch / max(1, info.steps_per_epoch)},
-                                step=state.step)
+                logged = window_metrics(loss_sum, top1, top5, n, lr, window["wait"], window["time"])
+                tracker.metrics(logged, step=state.step)
+                if worker.is_main and clock.line_due():
+                    print(console.progress_line(epoch, cfg.schedule.epochs, state.step_in_epoch,
+                                                info.steps_per_epoch, logged,
+                                                *clock.etas(epoch, state.step_in_epoch)), flush=True)
                 window = dict.fromkeys(window, 0.0)
             every = cfg.run.checkpoint_every_steps
             if every and state.step % every == 0 and state.step_in_epoch < info.steps_per_epoch:
@@ -277,16 +286,38 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if improved:
             state.best_val_top1, state.best_checkpoint = val["val_top1"], name_uri
         metrics = {"epoch": state.epoch, "step": state.step, "decision": decision.value, "next_lr": sched.lr, **val}
-        tracker.metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
+        # The epoch's wall time ends here, with validation; its rate is of training alone, over all workers.
+        epoch_s, rate = clock.end_epoch(), clock.steps * cfg.per_worker_batch * worker.world_size / max(
+            clock.train_s, 1e-9)
+        logged = {**epoch_metrics(val), "perf/epoch_s": epoch_s}
+        tracker.metrics(logged, step=state.step)
         uri = save(net, optimizer, state, cfg, info, metrics, worker, tracker)
         if improved:
             tracker.tag(MODEL_URI_TAG, uri)
         if worker.is_main:
-            print(f"epoch {state.epoch}: val top-1 err {val['val_top1_err']:.4f} top-5 err {val['val_top5_err']:.4f}"
-                  f" ({int(val['val_images'])} images, Q={cfg.data.q}) -> {decision.value}"
-                  + (f", lr {sched.lr:g}" if decision is schedule.Decision.DECAY else "")
-                  + (f" ({sched.stop_reason})" if sched.stopped else ""), flush=True)
+            outcome = (decision.value + (f", lr {sched.lr:g}" if decision is schedule.Decision.DECAY else "")
+                       + (f" ({sched.stop_reason})" if sched.stopped else ""))
+            print(console.epoch_line(state.epoch, cfg.schedule.epochs, epoch_s, rate, logged, cfg.data.q, outcome),
+                  flush=True)
     tracker.release()
+
+
+def window_metrics(loss_sum: float, top1: float, top5: float, n: float, lr: float, wait_s: float,
+                   time_s: float) -> dict[str, float]:
+    """MLflow's metrics of one window of training steps (sums over all workers; errors in %, as the paper gives
+    them): loss, errors and the LR under ``train/`` (the LR also as log10, where its decays are equal steps),
+    throughput and data wait under ``perf/``."""
+    return {"train/loss": loss_sum / n, "train/top1_err": 100 * (1 - top1 / n), "train/top5_err": 100 * (1 - top5 / n),
+            "train/lr": lr, "train/lr_log10": math.log10(lr),
+            "perf/images_per_s": n / time_s, "perf/data_wait_pct": 100 * wait_s / time_s}
+
+
+def epoch_metrics(val: dict[str, float]) -> dict[str, float]:
+    """MLflow's metrics of one epoch's validation (``validate``'s fractions as the paper's %) and the replicas'
+    divergence under ``sys/``."""
+    return {"val/top1_err": 100 * val["val_top1_err"], "val/top5_err": 100 * val["val_top5_err"],
+            "val/loss": val["val_loss"], "val/images": val["val_images"],
+            "sys/replica_divergence": val["replica_divergence"]}
 
 
 def log_keys(directory: str, rank: int, epoch: int, step: int, keys: tuple[str, ...]) -> None:

@@ -16,6 +16,7 @@ kept at the paper's ratios).
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,18 @@ from vgg.model import ARCHS
 from vgg.paper import ladder
 
 PROG = "python -m trainer.recipe"
+EPILOG = """required:
+  --data MANIFEST     the shards' manifest (pipeline.prepare's --dst: a local path or s3://...), unless --smoke
+                      (scikit-learn's digits, prepared on first use)
+
+every other flag of trainer.run applies to each rung (python -m trainer.run --help), e.g.
+  --storage URI       where checkpoints go (default: ./runs; on a cluster, s3://bucket/prefix)
+  --tracking-uri URI  the MLflow server (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here)
+  --workers N         Ray Train workers per rung (default: 1)
+  --name PREFIX       the rungs' run names start with it (default: paper-<arch>)
+
+refused (the ladder sets them on each rung): --config, --scale, --scale-jitter, --lr, --init-from,
+--init-layers"""
 LADDER_TAG = "verydeep.ladder"
 # What the ladder sets on each rung: the same flag given to the ladder would be overridden, so it is refused.
 LADDER_SETS = ("config", "arch", "scale", "scale_jitter", "lr", "init_from", "init_layers")
@@ -80,11 +93,12 @@ def parent_run(tracking: str, experiment: str, ladder: str) -> Tracker:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run (or finish) the ladder; one ``error:`` line and a non-zero exit when a rung cannot run."""
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0],
-                           epilog="Every other flag is passed to each rung: see python -m trainer.run --help")
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1],
+                           formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("ladder", choices=["paper"], help="paper: A-256 -> X-256 -> X-384 -> X-[256,512] (A, A-LRN: "
                         "X-256 -> X-384 -> X-[256,512])")
-    parser.add_argument("--arch", choices=ARCHS, default="E", help="the configuration at the top of the ladder")
+    parser.add_argument("--arch", choices=ARCHS, default="E",
+                        help="the configuration at the top of the ladder (default: E)")
     ns, rest = parser.parse_known_args(argv)
     flags = vars(build_parser(f"{PROG} {ns.ladder}").parse_args(rest))
     given = [name for name in LADDER_SETS if name in flags]

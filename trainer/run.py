@@ -35,8 +35,9 @@ from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
 from trainer.distributed import torch_config
 from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
-from trainer.tracking import GAP_TAG, GAP_TEXT, PARENT_TAG, Tracker, bound_mlflow_retries
+from trainer.tracking import GAP_TAG, GAP_TEXT, NOTE_TAG, PARENT_TAG, Tracker, bound_mlflow_retries
 from vgg.card import load_model
+from vgg.paper import CROP, TABLE3, TRAIN_SCALES
 
 PROG = "python -m trainer.run"
 SMOKE_DATA = "digits"  # what --smoke trains on without --data: pipeline.digits, prepared once into the cache
@@ -138,9 +139,15 @@ def start_ray(address: str | None = None) -> None:
     """Join or start Ray by the rule of every command (pipeline.cluster): --ray-address, RAY_ADDRESS, a running
     cluster, else a local Ray with room for Ray Data beside Train."""
     try:
-        cluster.connect(address)
+        # A local Ray with its dashboard, which serves Ray's state API: Ray Train's placement-group cleaner asks it
+        # every second whether the controller lives, and without it logs a warning each time.
+        cluster.connect(address, dashboard=True)
     except cluster.ClusterError as e:
         raise JobError(str(e)) from None
+    if cluster.started_here():
+        # A Ray of this process alone has no node that could be drained: Ray Train's preemption watcher has nothing
+        # to watch, and starting it logs a core_worker error line (its arguments live in the object store).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,12 @@ class SplitSource:
         return latest[1].epoch if latest else 0
 
     def __call__(self) -> Any:
+        from ray.data import DataContext
+
+        # The job prints its own progress lines; Ray Data's bars and plan lines for every epoch's execution would
+        # bury them. Datasets take the context of the process that builds them (Ray Train's controller), here.
+        context = DataContext.get_current()
+        context.enable_progress_bars, context.print_on_execution_start = False, False
         fs, _ = storage.resolve(self.uris[0])
         ds = read_shards(list(self.uris), filesystem=fs, shuffle_seed=self.seed, start_epoch=self.start_epoch(),
                          cache=self.cache)
@@ -225,13 +238,31 @@ def steps_per_epoch(cfg: TrainConfig, manifest: Manifest) -> int:
     return steps
 
 
+def description(cfg: TrainConfig, deviations: Sequence[str]) -> str:
+    """The run's description in MLflow: the row of the paper's Table 3 it reproduces (or that it reproduces none),
+    and how it deviates from the paper."""
+    arch, scale, crop = cfg.model.arch, cfg.data.train_scale, cfg.model.crop
+    # A smaller crop keeps the paper's S/crop ratio when its S is the paper's S at that crop.
+    paper_scale = next((s for s in TRAIN_SCALES if (s if crop == CROP else s.at_crop(crop)) == scale), None)
+    row = TABLE3.get((arch, paper_scale)) if paper_scale is not None else None
+    if row is not None:
+        text = (f"Reproduces Table 3, ConvNet config. {arch}, train S {paper_scale}"
+                + (f" (here S={scale} at crop {crop}, the same S/crop ratio)" if crop != CROP else "")
+                + f": the paper's top-1 / top-5 val. error {row[0]} / {row[1]} % at a single test scale.")
+    else:
+        text = (f"Reproduces no row of the paper's tables: Table 3 has no VGG-{arch} trained at S={scale}"
+                + (f" with crop {crop}" if crop != CROP else "") + ".")
+    return text + "\n\nDeviations from the paper: " + ("; ".join(deviations) or "none") + "."
+
+
 def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_run_id: str | None = None,
                   gpu: bool = False) -> Tracker:
-    """The job's MLflow run: the resumed run's, or a new one with every param and the deviations from the paper
-    (``gpu``: the workers compute on GPUs)."""
+    """The job's MLflow run: the resumed run's, or a new one with every param, the deviations from the paper and the
+    description of what it reproduces (``gpu``: the workers compute on GPUs)."""
     tracker = Tracker(True, tracking, cfg.run.experiment)
     deviations = derived(cfg, gpu)["deviations_from_paper"]
-    tags = {"verydeep.arch": cfg.model.arch, "verydeep.deviations": "; ".join(deviations) or "none"}
+    tags = {"verydeep.arch": cfg.model.arch, "verydeep.deviations": "; ".join(deviations) or "none",
+            NOTE_TAG: description(cfg, deviations)}
     if parent_run_id is not None:
         tags[PARENT_TAG] = parent_run_id
     tracker.start(run_id, cfg.run_name, to_params(cfg, gpu), tags)
@@ -309,6 +340,9 @@ def run_job(cfg: TrainConfig, manifest: Manifest, tracking: str, tracker: Tracke
           f"{info.steps_per_epoch} steps/epoch, S={cfg.data.train_scale}, Q={cfg.data.q}"
           + (f", resuming after epoch {start_epoch}" if state else ""), flush=True)
     fs = storage.resolve(storage_uri)[0] if storage.is_s3(storage_uri) else None
+    # Ray Train's print patch sends each print of a worker to the console twice (the print, and a log record of it);
+    # Ray Train passes this setting from the driver to its controller and workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": to_dict(cfg), "info": asdict(info)},
@@ -322,6 +356,9 @@ def run_job(cfg: TrainConfig, manifest: Manifest, tracking: str, tracker: Tracke
             failure_config=ray.train.FailureConfig(max_failures=cfg.cluster.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=KEEP_SCORE,
                                                          checkpoint_score_order="max"),
+            # Ray Train's INFO lines (worker group started, each checkpoint and report) repeat what the epoch line
+            # says; its warnings and errors still show. Its log files keep every level.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets(cfg, manifest),
         dataset_config=SplitDataConfig(),
@@ -381,6 +418,9 @@ def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConf
     # Inside a Ray job, outputs that would vanish with the job's working directory are refused before Ray starts.
     tracking_uri(cfg)
     absolute_storage(cfg.run.storage)
+    # Ray Data's console at warnings (its logging configuration file): set before a local Ray starts, whose
+    # processes (the split coordinators running each epoch's reads) inherit it.
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(Path(__file__).with_name("ray_data_logging.yaml")))
     start_ray(cfg.cluster.ray_address)
     cfg, manifest, tracking, latest = plan(cfg)
     if latest is not None and complete(cfg, latest[1]):
@@ -391,11 +431,15 @@ def train(cfg: TrainConfig, parent_run_id: str | None = None) -> tuple[TrainConf
 
 
 def summary(cfg: TrainConfig, state: ckpt.TrainState, tracking: str) -> str:
-    """The closing lines: epochs, errors, the best model's URI, how to open MLflow."""
+    """The closing lines: epochs, the best and last validation errors (in %, as the paper gives them), where the best
+    model is, how to open MLflow on the run."""
     last = state.history[-1] if state.history else {}
-    return (f"done: {cfg.run_name} after {state.epoch} epochs, {state.step} steps; best val top-1 err "
-            f"{1 - (state.best_val_top1 or 0):.4f}" + (f" (last {last['val_top1_err']:.4f})" if last else "")
-            + f"; model {state.best_checkpoint}\nMLflow: {ui_command(tracking)}  (run {state.mlflow_run_id})")
+    best = next((h for h in state.history if h.get("val_top1") == state.best_val_top1), None)
+    err = f"{100 * (1 - (state.best_val_top1 or 0)):.2f} %" + (f" at epoch {best['epoch']}" if best else "")
+    return (f"done: {cfg.run_name} after {state.epoch} epochs, {state.step} steps; best val top-1 err {err}"
+            + (f" (last epoch {100 * last['val_top1_err']:.2f} %)" if last else "")
+            + f"\nmodel: {state.best_checkpoint} (runs:/{state.mlflow_run_id} in MLflow, registered as "
+            f"verydeep-{cfg.model.arch}, alias best)\nMLflow: {ui_command(tracking)}  (run {state.mlflow_run_id})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

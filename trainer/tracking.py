@@ -46,10 +46,15 @@ GAP_TEXT = ("the tracking server was unreachable during the job: metrics and tag
 
 
 def bound_mlflow_retries() -> None:
-    """Bound MLflow's HTTP retries (minutes per call by default) and silence the per-retry log lines."""
+    """Bound MLflow's HTTP retries (minutes per call by default) and silence the per-retry log lines; keep MLflow's
+    own console output to warnings (read when mlflow is first imported, which this precedes)."""
     # Users can still set their own values.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # The job prints its own summary with the UI command: no "View run ... at" links on each close, no INFO lines
+    # about creating a store's tables.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # urllib3 logs every retry of MLflow's HTTP client, and MLflow's system-metrics thread logs its own failure:
     # the tracker's single warning says it all.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
@@ -127,8 +132,11 @@ class Tracker:
                 for key in (FAILURE_TAG, GAP_TAG):
                     if key in old:
                         client.delete_tag(run_id, key)
-                if NOTE_TAG in old and old[NOTE_TAG] == old.get(FAILURE_TAG):
-                    client.delete_tag(run_id, NOTE_TAG)
+                if NOTE_TAG in old and old[NOTE_TAG] == old.get(FAILURE_TAG):  # the run's description is back
+                    if NOTE_TAG in tags:
+                        client.set_tag(run_id, NOTE_TAG, tags[NOTE_TAG])
+                    else:
+                        client.delete_tag(run_id, NOTE_TAG)
                 return run_id
             exp = client.get_experiment_by_name(self.experiment)
             exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)

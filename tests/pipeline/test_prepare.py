@@ -67,6 +67,21 @@ def test_flags_are_generated_from_the_config():
         parse_args(["--src", "a", "--dst", "b", "--jpeg-quality", "0"])
 
 
+def test_help_groups_the_flags_with_readable_metavars_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    titles = [line[:-1] for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["options", "where", "shards", "images", "labels of a flat val/",
+                      "colour statistics (the paper's colour shift)", "running"], titles
+    for shown in ("--src URI", "--dst URI", "--target-shard-mb MIB", "--max-shorter-side PIXELS",
+                  "--jpeg-quality 1-100", "--val-labels FILE", "--s3-endpoint URL", "--ray-address ADDRESS"):
+        assert shown in text, shown
+    flat = " ".join(text.split())
+    assert "(default: 256.0)" in flat and "(default: 95)" in flat and "(default: 16)" in flat
+
+
 def test_load_manifest_errors_are_one_line(tmp_path):
     with pytest.raises(ManifestError, match="cannot read manifest .*manifest.json: not found"):
         load_manifest(str(tmp_path))

@@ -112,7 +112,7 @@ def test_ray_job_submit_runs_the_trainer_on_a_real_head(prepared_shards, tmp_pat
         assert run.info.status == "FINISHED"
         assert run.data.params["model.arch"] == "E" and run.data.params["run.smoke"] == "True"
         assert run.data.params["derived.train_scale"] == "36"
-        assert {"train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s"} <= set(run.data.metrics)
+        assert {"train/loss", "val/top1_err", "val/top5_err", "train/lr", "perf/images_per_s"} <= set(run.data.metrics)
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:

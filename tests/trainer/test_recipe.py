@@ -39,6 +39,18 @@ def test_bad_flags_are_one_error_line(capsys, argv):
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
 
 
+def test_paper_help_says_what_is_required(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["paper", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    required = text[text.index("\nrequired:"):]
+    assert "--data MANIFEST" in required.split("\n\n")[0] and "unless --smoke" in required
+    assert "(default: E)" in " ".join(text.split())
+    for refused in ("--scale", "--lr", "--init-from", "--config"):
+        assert refused in text[text.index("refused"):], refused
+
+
 def test_a_lrn_ladder_trains_a_lrn_from_random_init_first():
     steps = paper_ladder("A-LRN", 224)
     assert [s.name for s in steps] == ["A-LRN-S256", "A-LRN-S384", "A-LRN-S256-512"]

@@ -49,9 +49,9 @@ def test_trains_checkpoints_tracks_and_resumes(prepared_shards, ray_local, tmp_p
     assert params["model.arch"] == "A" and params["optim.lr"] == "0.01" and params["optim.momentum"] == "0.9"
     assert params["optim.weight_decay"] == "0.0005" and params["derived.per_worker_batch"] == "8"
     assert "width 0.125" in params["derived.deviations_from_paper"]
-    for metric in ("train_loss", "train_top1_err", "lr", "images_per_s", "data_wait_fraction"):
+    for metric in ("train/loss", "train/top1_err", "train/lr", "perf/images_per_s", "perf/data_wait_pct"):
         assert client.get_metric_history(run.info.run_id, metric), metric
-    val = client.get_metric_history(run.info.run_id, "val_top1_err")
+    val = client.get_metric_history(run.info.run_id, "val/top1_err")
     assert [m.step for m in val] == [3, 6]
     assert run.data.tags["verydeep.model_uri"] == state.best_checkpoint
     assert run.data.tags["verydeep.checkpoint_latest"] == uri
@@ -63,7 +63,7 @@ def test_trains_checkpoints_tracks_and_resumes(prepared_shards, ray_local, tmp_p
     _, resumed = ckpt.find_latest(str(tmp_path / "runs"), "tiny")
     assert resumed.mlflow_run_id == state.mlflow_run_id
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3] and resumed.step == 9
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1_err")] == [3, 6, 9]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/top1_err")] == [3, 6, 9]
     # A complete run is not trained again.
     assert main(args(prepared_shards, tmp_path, "tiny", "--epochs", "3")) == 0
     assert "already complete (3 epochs)" in capsys.readouterr().out
