@@ -24,7 +24,7 @@ goes to a log beside the JSON.
   datasheet peak (989 TFLOP/s for the H100 SXM and the H200), printed beside it.
 - ``trainer``: the real ``python -m trainer.run`` on one GPU worker fed by DALI, VGG-16 at 224, batch 256, on an
   ImageNet-layout tree of ImageNet-like JPEGs that this script writes and ingests with ``python -m pipeline.prepare``
-  (8 classes; a few dozen steps); the job's own logged ``images_per_s`` and ``data_wait_fraction``, read back from
+  (8 classes; a few dozen steps); the job's own logged ``perf/images_per_s`` and ``perf/data_wait_pct``, read back from
   its MLflow store (median over its logging windows, the first window of the job reported apart), and its wall time.
 
 Without CUDA it prints one line saying so and exits 0. Exit code 1 when a section failed, else 0.
@@ -301,14 +301,16 @@ def imagenet_tree(root: Path, s: dict) -> dict:
 
 
 def logged_rates(tracking: str, run_id: str) -> dict:
-    """A trainer run's own ``images_per_s`` and ``data_wait_fraction`` windows from MLflow: medians, first apart."""
+    """A trainer run's own ``perf/images_per_s`` and ``perf/data_wait_pct`` windows from MLflow: medians (the wait as a
+    fraction), the first window apart."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking)
-    rate = [m.value for m in sorted(client.get_metric_history(run_id, "images_per_s"), key=lambda m: m.step)]
-    wait = [m.value for m in sorted(client.get_metric_history(run_id, "data_wait_fraction"), key=lambda m: m.step)]
+    rate = [m.value for m in sorted(client.get_metric_history(run_id, "perf/images_per_s"), key=lambda m: m.step)]
+    wait = [m.value / 100 for m in sorted(client.get_metric_history(run_id, "perf/data_wait_pct"),
+                                          key=lambda m: m.step)]
     if not rate:
-        raise RuntimeError(f"MLflow run {run_id} logged no images_per_s")
+        raise RuntimeError(f"MLflow run {run_id} logged no perf/images_per_s")
     # The first window holds the job's start-up (first reads, first kernels, the decoder's first batch): apart.
     return {"images_per_s_median": round(statistics.median(rate[1:] or rate), 1),
             "data_wait_fraction_median": round(statistics.median(wait[1:] or wait), 4),
