@@ -35,9 +35,8 @@ from trainer import schedule
 from trainer.config import TrainConfig, derived, parse_args, to_dict, to_params
 from trainer.distributed import torch_config
 from trainer.loop import KEEP_SCORE, JobInfo, make_model, train_loop
-from trainer.tracking import GAP_TAG, GAP_TEXT, NOTE_TAG, PARENT_TAG, Tracker, bound_mlflow_retries
+from trainer.tracking import GAP_TAG, GAP_TEXT, NOTE_TAG, PARENT_TAG, Tracker, bound_mlflow_retries, description
 from vgg.card import load_model
-from vgg.paper import CROP, TABLE3, TRAIN_SCALES
 
 PROG = "python -m trainer.run"
 SMOKE_DATA = "digits"  # what --smoke trains on without --data: pipeline.digits, prepared once into the cache
@@ -236,23 +235,6 @@ def steps_per_epoch(cfg: TrainConfig, manifest: Manifest) -> int:
     if steps == 0:
         raise JobError(f"{n} training images make no full batch of {cfg.optim.batch_size}: lower --batch-size")
     return steps
-
-
-def description(cfg: TrainConfig, deviations: Sequence[str]) -> str:
-    """The run's description in MLflow: the row of the paper's Table 3 it reproduces (or that it reproduces none),
-    and how it deviates from the paper."""
-    arch, scale, crop = cfg.model.arch, cfg.data.train_scale, cfg.model.crop
-    # A smaller crop keeps the paper's S/crop ratio when its S is the paper's S at that crop.
-    paper_scale = next((s for s in TRAIN_SCALES if (s if crop == CROP else s.at_crop(crop)) == scale), None)
-    row = TABLE3.get((arch, paper_scale)) if paper_scale is not None else None
-    if row is not None:
-        text = (f"Reproduces Table 3, ConvNet config. {arch}, train S {paper_scale}"
-                + (f" (here S={scale} at crop {crop}, the same S/crop ratio)" if crop != CROP else "")
-                + f": the paper's top-1 / top-5 val. error {row[0]} / {row[1]} % at a single test scale.")
-    else:
-        text = (f"Reproduces no row of the paper's tables: Table 3 has no VGG-{arch} trained at S={scale}"
-                + (f" with crop {crop}" if crop != CROP else "") + ".")
-    return text + "\n\nDeviations from the paper: " + ("; ".join(deviations) or "none") + "."
 
 
 def open_tracking(cfg: TrainConfig, tracking: str, run_id: str | None, parent_run_id: str | None = None,

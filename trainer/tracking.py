@@ -28,10 +28,11 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vgg.paper import CROP
+from trainer.config import TrainConfig
+from vgg.paper import CROP, TABLE3, TRAIN_SCALES
 
 LATEST_TAG = "verydeep.checkpoint_latest"
 PARENT_TAG = "mlflow.parentRunId"
@@ -253,3 +254,20 @@ class Tracker:
             self._client.set_terminated(self.run_id, status)
 
         self._call("end run", close)
+
+
+def description(cfg: TrainConfig, deviations: Sequence[str]) -> str:
+    """The run's description in MLflow: the row of the paper's Table 3 it reproduces (or that it reproduces none),
+    and how it deviates from the paper."""
+    arch, scale, crop = cfg.model.arch, cfg.data.train_scale, cfg.model.crop
+    # A smaller crop keeps the paper's S/crop ratio when its S is the paper's S at that crop.
+    paper_scale = next((s for s in TRAIN_SCALES if (s if crop == CROP else s.at_crop(crop)) == scale), None)
+    row = TABLE3.get((arch, paper_scale)) if paper_scale is not None else None
+    if row is not None:
+        text = (f"Reproduces Table 3, ConvNet config. {arch}, train S {paper_scale}"
+                + (f" (here S={scale} at crop {crop}, the same S/crop ratio)" if crop != CROP else "")
+                + f": the paper's top-1 / top-5 val. error {row[0]} / {row[1]} % at a single test scale.")
+    else:
+        text = (f"Reproduces no row of the paper's tables: Table 3 has no VGG-{arch} trained at S={scale}"
+                + (f" with crop {crop}" if crop != CROP else "") + ".")
+    return text + "\n\nDeviations from the paper: " + ("; ".join(deviations) or "none") + "."
