@@ -194,15 +194,32 @@ class Progress:
             self.bar.close()
 
 
+def start_tasks(ray_address: str | None, gpus_per_task: float,
+                models: Sequence[LoadedModel]) -> tuple[float, dict]:
+    """Join (or start) Ray for per-net tasks: the GPUs each task asks for (none on a cluster without GPUs) and each
+    net's weights put in the object store once, shared by all its tasks."""
+    import ray
+
+    cluster.connect(ray_address)
+    gpus = gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
+    return gpus, {m.model_id: ray.put(m.state) for m in models}
+
+
+def unit_failure(e: UnitError, error: type[Exception], unit: str) -> Exception:
+    """The one-line error of a failed unit: a damaged shard's own line (it names the shard and what to do), else
+    ``error`` naming the unit and its cause."""
+    damaged = error_line(e)
+    if damaged is not None:
+        return ShardError(damaged)
+    cause = e.cause
+    return error(f"{unit} failed: {type(cause).__name__}: {' '.join(str(cause).split())[:300]}")
+
+
 def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence[Unit]) -> None:
     """Run the units as Ray tasks and store each one's posteriors as it finishes."""
     if not units:
         return
-    import ray
-
-    cluster.connect(cfg.ray_address)
-    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    states = {m.model_id: ray.put(m.state) for m in plan.models}  # once per net, shared by all its tasks
+    gpus, states = start_tasks(cfg.ray_address, cfg.gpus_per_task, plan.models)
 
     def task_args(u: Unit) -> tuple:
         return (u.model.card.to_dict(), states[u.model.model_id], plan.shard_uris[u.shard], plan.limits[u.shard], u.q,
@@ -220,12 +237,8 @@ def compute(cfg: SweepConfig, plan: Plan, store: PosteriorStore, units: Sequence
                     store.write(u.model.model_id, u.q, view, u.shard, result.keys, result.labels, result.probs[view])
                 progress.update(len(result.keys), f"{u.model.label} Q={u.q} shard {u.shard} ({result.seconds:.1f}s)")
     except UnitError as e:
-        damaged = error_line(e)
-        if damaged is not None:  # its line names the shard and what to do
-            raise ShardError(damaged) from None
-        u, cause = e.unit, e.cause
-        raise SweepError(f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]} failed: "
-                         f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+        u = e.unit
+        raise unit_failure(e, SweepError, f"{u.model.label} Q={u.q} shard {plan.shard_uris[u.shard]}") from None
     finally:
         progress.close()
 

@@ -39,7 +39,7 @@ from evaluation.models import LoadedModel, ModelError, label_models, load
 from evaluation.posteriors import data_id
 from evaluation.report import Table
 from evaluation.svm import C_GRID, POOLS, Fit, FitError, fit_multiclass, fit_multilabel, fuse, pool_scales
-from evaluation.sweep import check_outputs, write_report
+from evaluation.sweep import check_outputs, start_tasks, unit_failure, write_report
 from evaluation.tracking import log_or_warn
 from pipeline import cluster, storage
 from pipeline.cli import Checked, check_http_url, option, parse, to_params
@@ -49,7 +49,7 @@ from pipeline.imagenet import PrepareError
 from pipeline.manifest import Manifest, ManifestError, load_manifest
 from pipeline.targets import Labels, read_labels, split_rows, target_of
 from pipeline.units import UnitError, run_units
-from pipeline.verify import ShardError, error_line, inspect_shards
+from pipeline.verify import inspect_shards
 from vgg.paper import CALTECH_SCALES, TABLE11, VOC_SCALES
 
 TRANSFER_TAG = "verydeep.transfer"  # on every run of one job: the data id
@@ -246,11 +246,7 @@ def compute(cfg: TransferConfig, plan: Plan, units: Sequence[Unit]) -> None:
     """Run the units as Ray tasks; store each one's descriptors as it finishes."""
     if not units:
         return
-    import ray
-
-    cluster.connect(cfg.ray_address)
-    gpus = cfg.gpus_per_task if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    states = {m.model_id: ray.put(m.state) for m in plan.models}  # once per net, shared by all its tasks
+    gpus, states = start_tasks(cfg.ray_address, cfg.gpus_per_task, plan.models)
 
     def task_args(u: Unit) -> tuple:
         return (u.model.card.to_dict(), states[u.model.model_id], plan.manifest.shard_uris(u.split)[u.shard], u.q,
@@ -270,12 +266,8 @@ def compute(cfg: TransferConfig, plan: Plan, units: Sequence[Unit]) -> None:
                       f"Q={u.q} {u.split} shard {u.shard} ({len(result.keys)} images, {result.seconds:.1f}s)",
                       file=sys.stderr, flush=True)
     except UnitError as e:
-        damaged = error_line(e)
-        if damaged is not None:  # its line names the shard and what to do
-            raise ShardError(damaged) from None
-        u, cause = e.unit, e.cause
-        raise TransferError(f"{u.model.label} Q={u.q} {u.split} shard {u.shard} failed: "
-                            f"{type(cause).__name__}: {' '.join(str(cause).split())[:300]}") from None
+        u = e.unit
+        raise unit_failure(e, TransferError, f"{u.model.label} Q={u.q} {u.split} shard {u.shard}") from None
 
 
 def descriptors(plan: Plan, model: LoadedModel, labels: Labels) -> np.ndarray:
