@@ -25,10 +25,9 @@ import numpy as np
 import torch
 
 from evaluation.posteriors import PosteriorStore
-from evaluation.shard import build_model, decoder_for, read_shard, shape_batches
+from evaluation.shard import prepare_unit, shape_batches
 from pipeline import storage
-from pipeline.decode import EvalDecoder, resolve_device
-from vgg.card import ModelCard
+from pipeline.decode import EvalDecoder
 from vgg.evaluate import dense_descriptors, stack_by_shape
 from vgg.model import VGG
 
@@ -73,10 +72,7 @@ def describe_shard(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: st
                    batch_size: int = 32, endpoint: str | None = None) -> FeatureResult:
     """One Ray task: read the shard, build the net on this worker's device, describe every image at Q."""
     start = time.perf_counter()
-    card = ModelCard.from_dict(card_doc)
-    device = resolve_device("auto")
-    model = build_model(card, state, device)
-    rows = read_shard(shard_uri, None, endpoint)
-    feats = describe_images(model, decoder_for(decoder, card, device), rows["image"], rows["height"], rows["width"],
-                            rows["key"], q, card.flip, batch_size)
+    card, model, decode, rows = prepare_unit(card_doc, state, shard_uri, None, decoder, endpoint)
+    feats = describe_images(model, decode, rows["image"], rows["height"], rows["width"], rows["key"], q, card.flip,
+                            batch_size)
     return FeatureResult(rows["key"], np.asarray(rows["label"], np.int32), feats, time.perf_counter() - start)

@@ -87,6 +87,16 @@ def build_model(card: ModelCard, state: dict[str, torch.Tensor], device: torch.d
     return for_inference(model, device)
 
 
+def prepare_unit(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: str, limit: int | None, decoder: str,
+                 endpoint: str | None) -> tuple[ModelCard, VGG, EvalDecoder, dict[str, list]]:
+    """What a Ray task over one (net, shard) starts with: the card, the net on this worker's device, its decoder,
+    the shard's rows."""
+    card = ModelCard.from_dict(card_doc)
+    device = resolve_device("auto")
+    model = build_model(card, state, device)
+    return card, model, decoder_for(decoder, card, device), read_shard(shard_uri, limit, endpoint)
+
+
 def evaluate_shard(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: str, limit: int | None, q: int,
                    methods: Sequence[str], decoder: str = "auto", batch_size: int = 32, max_crops: int = 250,
                    endpoint: str | None = None, flip: bool = True) -> ShardResult:
@@ -94,10 +104,7 @@ def evaluate_shard(card_doc: dict, state: dict[str, torch.Tensor], shard_uri: st
     import time
 
     start = time.perf_counter()
-    card = ModelCard.from_dict(card_doc)
-    device = resolve_device("auto")
-    model = build_model(card, state, device)
-    rows = read_shard(shard_uri, limit, endpoint)
-    probs = evaluate_images(model, decoder_for(decoder, card, device), rows["image"], rows["height"], rows["width"],
+    _, model, decode, rows = prepare_unit(card_doc, state, shard_uri, limit, decoder, endpoint)
+    probs = evaluate_images(model, decode, rows["image"], rows["height"], rows["width"],
                             rows["key"], q, methods, batch_size, max_crops, flip)
     return ShardResult(rows["key"], np.asarray(rows["label"], np.int32), probs, time.perf_counter() - start)
