@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -35,3 +36,15 @@ def write_results(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
     path = path.resolve()
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def use_s3(endpoint: str, bucket: str) -> None:
+    """Point this process and the Ray workers it starts (they inherit the environment) at a loopback S3 server with
+    test credentials, and create ``bucket`` there."""
+    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(k, None)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)

@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 import imagenet_like as I  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
-from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
+from machine import cpu_model, use_s3, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
@@ -104,13 +104,7 @@ def start_s3() -> tuple[object, str]:
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(k, None)
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    use_s3(endpoint, BUCKET)
     return server, endpoint
 
 

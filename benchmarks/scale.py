@@ -72,7 +72,7 @@ import psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from machine import cpu_model, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
+from machine import cpu_model, use_s3, write_results  # noqa: E402  (benchmarks/, on sys.path as the script's folder)
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs"
@@ -306,13 +306,7 @@ def s3_server() -> Iterator[subprocess.Popen]:
     try:
         wait_for_port(port, proc, "the S3 server")
         endpoint = f"http://127.0.0.1:{port}"
-        for k in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            os.environ.pop(k, None)
-        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
-        import boto3
-
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        use_s3(endpoint, BUCKET)
         yield proc
     finally:
         proc.terminate()
